@@ -1,0 +1,48 @@
+# Two commands for a newcomer: `make run` and `make test`. Everything else is optional.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CDS_PORT ?= 8080
+export CDS_PORT
+
+.PHONY: help install install-test run migrate test lint typecheck check sandbox bench soak clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed ## create .venv and install the service
+
+install-test: $(VENV)/.installed-test ## create .venv with the test extras
+
+migrate: install ## apply database migrations (CDS_DATABASE_URL, default ./var/cds.db)
+	$(BIN)/alembic upgrade head
+
+run: migrate ## serve on http://127.0.0.1:$(CDS_PORT)
+	@echo "Discovery: http://127.0.0.1:$(CDS_PORT)/cds-services"
+	$(BIN)/sleep-cds serve
+
+test: install-test ## run the whole test suite
+	$(BIN)/python -m pytest
+
+lint: install-test ## ruff and mypy --strict
+	$(BIN)/ruff check service tests
+	$(BIN)/ruff format --check service tests
+	$(BIN)/mypy
+
+check: lint test ## everything CI runs
+
+clean: ## remove the virtualenv and local data
+	rm -rf $(VENV) var

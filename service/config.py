@@ -1,0 +1,92 @@
+"""Deployment settings, read once from the environment (prefix ``CDS_``).
+
+Clinical thresholds are never settings: they live in the knowledge files.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DB = REPO_ROOT / "var" / "cds.db"
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for names and addresses that never leave this machine."""
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Everything an operator may set; defaults give a working local service."""
+
+    model_config = SettingsConfigDict(env_prefix="CDS_", extra="ignore")
+
+    database_url: str = f"sqlite+aiosqlite:///{DEFAULT_DB}"
+    public_base_url: str = "http://127.0.0.1:8080"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_json_depth: int = 64
+    fhir_profiles_dir: Path = REPO_ROOT / "fhir_profiles"
+    knowledge_dir: Path = Path(__file__).resolve().parent / "knowledge"
+    trusted_issuers_file: Path | None = None
+    fhir_deadline_s: float = 3.0
+    fhir_page_cap: int = 10
+    fhir_max_response_bytes: int = 20 * 1024 * 1024
+    explain_enabled: bool | None = None
+    analytics_enabled: bool = False
+    admin_token: str | None = None
+    console_enabled: bool | None = None
+    log_level: str = "INFO"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def local_mode(self) -> bool:
+        """Serving on loopback with no issuer registry: authentication is off."""
+        return self.trusted_issuers_file is None and is_loopback_host(self.host)
+
+    @property
+    def explain_on(self) -> bool:
+        return self.local_mode if self.explain_enabled is None else self.explain_enabled
+
+    @property
+    def console_on(self) -> bool:
+        return self.local_mode if self.console_enabled is None else self.console_enabled
+
+    def sync_database_url(self) -> str:
+        """The same database through a synchronous driver (Alembic, CLI)."""
+        url = self.database_url
+        return url.replace("sqlite+aiosqlite", "sqlite").replace(
+            "postgresql+asyncpg", "postgresql+psycopg"
+        )
+
+    def database_is_sqlite(self) -> bool:
+        return urlsplit(self.database_url).scheme.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

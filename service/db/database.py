@@ -1,0 +1,46 @@
+"""The async engine and its sessions; one per process, built in the app lifespan."""
+
+from __future__ import annotations
+
+from sqlalchemy import event, text
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    # WAL lets readers and the single writer proceed together; busy_timeout waits out a writer.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Database:
+    """Owns the engine. Every operation may raise: callers decide whether to fail open."""
+
+    def __init__(self, url: str, *, connect_timeout_s: float = 2.0) -> None:
+        self.url = url
+        kwargs: dict[str, object] = {"pool_pre_ping": True}
+        if url.startswith("postgresql"):
+            kwargs["connect_args"] = {"connect_timeout": max(1, int(connect_timeout_s))}
+            kwargs["pool_timeout"] = connect_timeout_s
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            self.engine, expire_on_commit=False
+        )
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

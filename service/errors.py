@@ -1,0 +1,81 @@
+"""The service's error tree. Only ``service.api`` maps these to HTTP.
+
+    CDSError
+    ├── InvalidRequest          400  malformed JSON or a request the spec forbids
+    │   └── ForbiddenFhirServer 400  fhirServer not allowed for this issuer
+    ├── UnknownService          404
+    ├── PayloadTooLarge         413
+    ├── PrefetchUnavailable     412  data the rules need could not be obtained
+    ├── AuthenticationFailed    401  the caller's JWT was refused
+    ├── StorageUnavailable      503  the database could not store what must be stored
+    └── KnowledgeError              a rule or value set is invalid; the service refuses to start
+"""
+
+from __future__ import annotations
+
+
+class CDSError(Exception):
+    """Root of every error the service raises on purpose."""
+
+    status_code = 500
+    issue_code = "exception"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(CDSError):
+    """The request body or parameters break the CDS Hooks contract."""
+
+    status_code = 400
+    issue_code = "invalid"
+
+
+class ForbiddenFhirServer(InvalidRequest):
+    """``fhirServer`` is not one of the caller's registered FHIR servers."""
+
+    issue_code = "security"
+
+
+class UnknownService(CDSError):
+    """No CDS service with this id."""
+
+    status_code = 404
+    issue_code = "not-found"
+
+
+class PayloadTooLarge(CDSError):
+    """Body over ``CDS_MAX_BODY_BYTES``."""
+
+    status_code = 413
+    issue_code = "too-costly"
+
+
+class PrefetchUnavailable(CDSError):
+    """Required data was neither prefetched nor obtainable from the FHIR server."""
+
+    status_code = 412
+    issue_code = "not-found"
+
+
+class AuthenticationFailed(CDSError):
+    """The bearer token was refused; ``reason`` is for the log only, never the client."""
+
+    status_code = 401
+    issue_code = "login"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("Authentication failed")
+        self.reason = reason
+
+
+class StorageUnavailable(CDSError):
+    """The database could not durably store what the caller must not lose."""
+
+    status_code = 503
+    issue_code = "transient"
+
+
+class KnowledgeError(CDSError):
+    """A knowledge file is invalid; raised at start-up with the file and field named."""
