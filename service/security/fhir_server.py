@@ -1,0 +1,44 @@
+"""Which ``fhirServer`` a hook request may name.
+
+The service sends the request's ``fhirAuthorization`` bearer token to ``fhirServer``. Without
+this check a caller could point us at any host and make us leak that token or fetch from an
+internal address (SSRF), so the URL must be TLS and, for an authenticated caller, registered
+for its issuer.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from service.config import is_loopback_host
+from service.errors import ForbiddenFhirServer
+from service.security.tokens import VerifiedCaller
+
+
+def check_fhir_server(url: str | None, caller: VerifiedCaller | None) -> None:
+    """Raise ``ForbiddenFhirServer`` unless ``url`` may be called.
+
+    * Any caller: https, or http only to a loopback host; no credentials in the URL.
+    * Authenticated caller: ``url`` (trailing slash ignored) must be one of its
+      issuer's ``fhir_servers``.
+    * Local mode (``caller`` is None): the first rule alone.
+    """
+    if url is None:
+        return
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        has_credentials = parts.username is not None or parts.password is not None
+    except ValueError:
+        raise ForbiddenFhirServer("fhirServer is not a valid URL") from None
+    scheme = parts.scheme.lower()
+    if has_credentials:
+        raise ForbiddenFhirServer("fhirServer must not contain credentials")
+    if not host or not (scheme == "https" or (scheme == "http" and is_loopback_host(host))):
+        raise ForbiddenFhirServer(
+            "fhirServer must be an https URL (plain http is allowed only for loopback hosts)"
+        )
+    if caller is not None and not caller.issuer.fhir_server_allowed(url):
+        raise ForbiddenFhirServer(
+            f"fhirServer is not registered for the calling CDS Client (issuer {caller.iss})"
+        )

@@ -1,0 +1,102 @@
+"""Replay protection: remember each accepted ``(iss, jti)`` until its token has expired.
+
+The check must be one atomic statement in the shared database, not a read-then-write, so that
+two replicas receiving the same token at the same instant cannot both accept it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import delete
+from sqlalchemy.dialects import postgresql, sqlite
+
+from service.db.database import Database
+from service.db.models import SeenJti
+
+logger = logging.getLogger(__name__)
+
+
+class ReplayStore(Protocol):
+    """Short-term memory of token ids already accepted."""
+
+    async def remember(self, iss: str, jti: str, expires_at: datetime) -> bool:
+        """Record ``(iss, jti)``; True if it was not already remembered (first use)."""
+        ...
+
+
+class SqlReplayStore:
+    """``seen_jti`` rows on SQLite or PostgreSQL, shared by every replica using the database.
+
+    One ``INSERT ... ON CONFLICT ... RETURNING`` decides first use: a row comes back only if
+    this statement inserted it (rowcount is unreliable for upserts across drivers). A row whose
+    token has already expired is overwritten rather than treated as a replay, so correctness does
+    not depend on the purge having run; the purge only keeps the table small.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        purge_every_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        dialect = database.engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"replay store supports SQLite and PostgreSQL, not {dialect!r}")
+        self._database = database
+        self._insert: Any = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        self._purge_every_s = purge_every_s
+        self._clock = clock
+        self._next_purge = clock() + purge_every_s
+        self._purging = False
+
+    async def remember(self, iss: str, jti: str, expires_at: datetime) -> bool:
+        now = datetime.now(UTC)
+        statement = self._insert(SeenJti).values(iss=iss, jti=jti, expires_at=expires_at)
+        statement = statement.on_conflict_do_update(
+            index_elements=[SeenJti.iss, SeenJti.jti],
+            set_={"expires_at": statement.excluded.expires_at},
+            where=SeenJti.expires_at < now,
+        ).returning(SeenJti.jti)
+        async with self._database.engine.begin() as connection:
+            first_use = (await connection.execute(statement)).first() is not None
+        if self._clock() >= self._next_purge and not self._purging:
+            await self._purge(now)
+        return first_use
+
+    async def purge(self) -> int:
+        """Delete rows whose tokens have expired; returns how many."""
+        return await self._purge(datetime.now(UTC))
+
+    async def _purge(self, now: datetime) -> int:
+        self._purging = True
+        self._next_purge = self._clock() + self._purge_every_s
+        try:
+            async with self._database.engine.begin() as connection:
+                result = await connection.execute(delete(SeenJti).where(SeenJti.expires_at < now))
+            return int(result.rowcount or 0)
+        except Exception:  # a failed purge must not fail the request that triggered it
+            logger.warning("purging expired seen_jti rows failed", exc_info=True)
+            return 0
+        finally:
+            self._purging = False
+
+
+class MemoryReplayStore:
+    """A dict-backed store for unit tests; not shared between processes, so never for serving."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], datetime] = {}
+
+    async def remember(self, iss: str, jti: str, expires_at: datetime) -> bool:
+        now = datetime.now(UTC)
+        previous = self._seen.get((iss, jti))
+        if previous is not None and previous >= now:
+            return False
+        self._seen[(iss, jti)] = expires_at
+        return True

@@ -1,0 +1,73 @@
+"""Start-up decisions: refuse an unsafe configuration, and build the verifier once.
+
+Local mode (no issuer registry, bound to loopback) switches authentication off for development
+with the CDS Hooks Sandbox on the same machine. The guard stops that mode from ever being
+reachable from another machine, including through a reverse proxy on the same host.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+import httpx
+
+from service.config import Settings, is_loopback_host
+from service.db.database import Database
+from service.security.issuers import ConfigurationError, IssuerRegistry
+from service.security.jwks import JwksCache
+from service.security.replay import SqlReplayStore
+from service.security.tokens import TokenVerifier
+
+logger = logging.getLogger(__name__)
+
+LOCAL_MODE_WARNING = "authentication is OFF (local mode)"
+
+
+def assert_safe_startup(settings: Settings) -> IssuerRegistry | None:
+    """Return the loaded registry (None in local mode) or raise ``ConfigurationError``."""
+    public_host = urlsplit(settings.public_base_url).hostname or ""
+    if settings.trusted_issuers_file is None:
+        if not is_loopback_host(settings.host):
+            raise ConfigurationError(
+                f"refusing to start: authentication is off (CDS_TRUSTED_ISSUERS_FILE is not set) "
+                f"but CDS_HOST={settings.host!r} is not a loopback address; set "
+                f"CDS_TRUSTED_ISSUERS_FILE or bind to 127.0.0.1"
+            )
+        if not is_loopback_host(public_host):
+            raise ConfigurationError(
+                f"refusing to start: authentication is off (CDS_TRUSTED_ISSUERS_FILE is not set) "
+                f"but CDS_PUBLIC_BASE_URL={settings.public_base_url!r} is not a loopback URL, "
+                f"which means a proxy exposes this service; set CDS_TRUSTED_ISSUERS_FILE"
+            )
+        logger.warning(LOCAL_MODE_WARNING)
+        return None
+    registry = IssuerRegistry.load(settings.trusted_issuers_file)
+    if urlsplit(settings.public_base_url).scheme != "https" and not is_loopback_host(public_host):
+        logger.warning(
+            "CDS_PUBLIC_BASE_URL is not https: CDS Hooks requires TLS, and token audiences "
+            "are compared against this URL"
+        )
+    logger.info(
+        "authentication is ON: %d trusted issuer(s) from %s", len(registry), registry.source
+    )
+    return registry
+
+
+def create_token_verifier(
+    settings: Settings,
+    database: Database,
+    http_client: httpx.AsyncClient,
+    registry: IssuerRegistry | None = None,
+) -> TokenVerifier | None:
+    """The verifier for this process, or None in local mode. The caller owns ``http_client``."""
+    if registry is None:
+        registry = assert_safe_startup(settings)
+    if registry is None:
+        return None
+    return TokenVerifier(
+        registry,
+        JwksCache(http_client),
+        SqlReplayStore(database),
+        settings.public_base_url,
+    )
