@@ -1,6 +1,6 @@
 """Authenticating CDS Clients (JWT per call) and deciding which FHIR servers they may name."""
 
-from service.security.fhir_server import check_fhir_server
+from service.security.fhir_server import AuthenticatedCaller, check_fhir_server
 from service.security.issuers import (
     ConfigurationError,
     IssuerConfig,
@@ -17,6 +17,7 @@ from service.security.tokens import TokenVerifier, VerifiedCaller, bearer_token
 
 __all__ = [
     "LOCAL_MODE_WARNING",
+    "AuthenticatedCaller",
     "ConfigurationError",
     "IssuerConfig",
     "IssuerRegistry",

@@ -8,14 +8,25 @@ for its issuer.
 
 from __future__ import annotations
 
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from service.config import is_loopback_host
 from service.errors import ForbiddenFhirServer
-from service.security.tokens import VerifiedCaller
+from service.security.issuers import IssuerConfig
 
 
-def check_fhir_server(url: str | None, caller: VerifiedCaller | None) -> None:
+class AuthenticatedCaller(Protocol):
+    """What the check needs from a caller: ``VerifiedCaller`` or the API's own caller type."""
+
+    @property
+    def iss(self) -> str: ...
+
+    @property
+    def issuer(self) -> IssuerConfig: ...
+
+
+def check_fhir_server(url: str | None, caller: AuthenticatedCaller | None) -> None:
     """Raise ``ForbiddenFhirServer`` unless ``url`` may be called.
 
     * Any caller: https, or http only to a loopback host; no credentials in the URL.
