@@ -1,0 +1,34 @@
+"""Request dependencies shared by the routes: the app's components and the caller's identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from service.config import Settings
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated CDS client (None in local mode)."""
+
+    iss: str
+    jti: str
+    issuer: Any
+
+
+def settings_of(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def authenticate(request: Request) -> Caller | None:  # SECURITY-HOOK
+    """Verify the caller's JWT (CDS Hooks 2.0 §Trusting CDS Clients); None in local mode."""
+    return None
+
+
+def check_fhir_server(url: str | None, caller: Caller | None, settings: Settings) -> None:
+    """Refuse a fhirServer the caller may not send (replaced by the security package)."""
+    return None

@@ -1,0 +1,114 @@
+"""ASGI middleware: body-size limit, security headers, one structured log line per request."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.problems import operation_outcome
+from service.logging import bind, log_fields
+
+log = logging.getLogger("service.request")
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class RequestGuard:
+    """Refuses bodies over ``max_body_bytes`` with 413 before reading them whole, adds security
+    headers, drops the server banner, and logs one line per request."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        token = log_fields.set({})
+        status_holder: dict[str, Any] = {"status": 500, "started": False}
+        limit = self.max_body_bytes
+
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > limit
+            except ValueError:
+                too_big = True
+            if too_big:
+                await self._send_413(send, status_holder)
+                self._log(scope, status_holder, started)
+                log_fields.reset(token)
+                return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                status_holder["started"] = True
+                raw = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"server"]
+                message = {**message, "headers": raw + SECURITY_HEADERS}
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _TooLarge:
+            if not status_holder["started"]:
+                await self._send_413(send, status_holder)
+        finally:
+            self._log(scope, status_holder, started)
+            log_fields.reset(token)
+
+    async def _send_413(self, send: Send, holder: dict[str, Any]) -> None:
+        response = operation_outcome(
+            413, f"Request body exceeds {self.max_body_bytes} bytes", code="too-costly"
+        )
+        holder["status"] = 413
+        holder["started"] = True
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/fhir+json"),
+                    (b"content-length", str(len(response.body)).encode()),
+                    *SECURITY_HEADERS,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": bytes(response.body)})
+
+    @staticmethod
+    def _log(scope: Scope, holder: dict[str, Any], started: float) -> None:
+        latency = round((time.perf_counter() - started) * 1000, 2)
+        bind(
+            method=scope.get("method"),
+            path=scope.get("path"),
+            status=holder["status"],
+            latency_ms=latency,
+        )
+        log.info("request")

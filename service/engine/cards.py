@@ -1,0 +1,217 @@
+"""Card composition: fired rules → at most one card per topic, sorted by urgency.
+
+Several rules of one topic (for example three abnormal labs) make one card: the most urgent
+indicator, the summary of the most urgent rule, every rule's advice and evidence in ``detail``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from service.engine import orders
+from service.engine.evaluate import SEVERITY, RuleOutcome
+from service.engine.record import PatientRecord
+from service.knowledge import schema
+from service.knowledge.base import CODESYSTEM_URL, KnowledgeBase
+from service.knowledge.templates import environment
+
+SUMMARY_MAX = 139
+MISSING_DATA_NOTE = (
+    "**Data that could not be read:** {categories}. Rules that need these data were not "
+    "evaluated; absence of a card is not evidence of a normal result."
+)
+
+
+@dataclass(frozen=True)
+class CardMeta:
+    """What the audit trail and suppression need to know about a card."""
+
+    uuid: str
+    key: str
+    topic: str
+    indicator: str
+    rules: tuple[str, ...]
+    suggestion_uuids: tuple[str, ...]
+
+
+def card_key(patient_id: str, topic: str, outcomes: list[RuleOutcome]) -> str:
+    """Stable across calls while the evidence is the same; new evidence gives a new key."""
+    parts = [patient_id, topic]
+    for outcome in sorted(outcomes, key=lambda o: o.rule.id):
+        parts.append(outcome.rule.id)
+        parts.extend(sorted(e.key for e in outcome.evidence))
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def _render(template: str, bindings: dict[str, Any], record: PatientRecord) -> str:
+    env = environment()
+    return env.from_string(template).render(patient_age=record.age_years, **bindings).strip()
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
+
+
+class CardComposer:
+    def __init__(self, kb: KnowledgeBase) -> None:
+        self.kb = kb
+        self._order_templates = {
+            name: orders.order_template(spec) for name, spec in kb.orders.items()
+        }
+        self._lab_orders = {
+            name: orders.lab_order(analyte, kb.lab_order_category)
+            for name, analyte in kb.analytes.items()
+            if analyte.order is not None
+        }
+        self._override_reasons = [
+            {"system": CODESYSTEM_URL, "code": r.code, "display": r.display}
+            for r in kb.policy.override_reasons
+        ]
+
+    def compose(
+        self, record: PatientRecord, outcomes: list[RuleOutcome]
+    ) -> tuple[list[dict[str, Any]], list[CardMeta]]:
+        by_topic: dict[str, list[RuleOutcome]] = {}
+        for outcome in outcomes:
+            if outcome.status == "fired":
+                by_topic.setdefault(outcome.rule.topic, []).append(outcome)
+        built: list[tuple[int, dict[str, Any], CardMeta]] = []
+        for topic, fired in by_topic.items():
+            fired.sort(key=lambda o: (-SEVERITY[o.indicator or "info"], o.rule.card.priority))
+            card, meta = self._card(record, topic, fired)
+            built.append((SEVERITY[meta.indicator], card, meta))
+        built.sort(key=lambda item: -item[0])
+        return [card for _, card, _ in built], [meta for _, _, meta in built]
+
+    def _card(
+        self, record: PatientRecord, topic: str, fired: list[RuleOutcome]
+    ) -> tuple[dict[str, Any], CardMeta]:
+        lead = fired[0]
+        indicator = lead.indicator or lead.rule.card.indicator
+        card_uuid = str(uuid.uuid4())
+        topic_coding = self.kb.topic(topic)
+        source = lead.rule.sources[0]
+        card: dict[str, Any] = {
+            "uuid": card_uuid,
+            "summary": _shorten(_render(lead.rule.card.summary, lead.bindings, record)),
+            "indicator": indicator,
+            "detail": self._detail(record, fired),
+            "source": {
+                "label": source.label,
+                "url": source.url,
+                "topic": {
+                    "system": CODESYSTEM_URL,
+                    "code": topic_coding.code,
+                    "display": topic_coding.display,
+                },
+            },
+        }
+        suggestions = self._suggestions(record, card_uuid, fired)
+        if suggestions:
+            card["suggestions"] = suggestions
+            card["selectionBehavior"] = "any"
+        card["overrideReasons"] = self._override_reasons
+        links = self._links(fired)
+        if links:
+            card["links"] = links
+        meta = CardMeta(
+            uuid=card_uuid,
+            key=card_key(record.patient_id, topic, fired),
+            topic=topic,
+            indicator=indicator,
+            rules=tuple(f"{o.rule.id}@{o.rule.version}" for o in fired),
+            suggestion_uuids=tuple(s["uuid"] for s in suggestions),
+        )
+        return card, meta
+
+    def _detail(self, record: PatientRecord, fired: list[RuleOutcome]) -> str:
+        sections = []
+        for outcome in fired:
+            rule = outcome.rule
+            lines = [f"**{rule.title}**", "", _render(rule.card.detail, outcome.bindings, record)]
+            if outcome.evidence:
+                lines += ["", "Evidence:"]
+                lines += [f"- {e.text}" for e in outcome.evidence]
+            refs = "; ".join(f"[{s.label}]({s.url})" for s in rule.sources)
+            lines += ["", f"Source: {refs} (rule {rule.id} v{rule.version})"]
+            sections.append("\n".join(lines))
+        if record.unavailable:
+            sections.append(
+                MISSING_DATA_NOTE.format(categories=", ".join(sorted(record.unavailable)))
+            )
+        return "\n\n---\n\n".join(sections)
+
+    def _suggestions(
+        self, record: PatientRecord, card_uuid: str, fired: list[RuleOutcome]
+    ) -> list[dict[str, Any]]:
+        suggestions: list[dict[str, Any]] = []
+        labels: set[str] = set()
+        for outcome in fired:
+            reasons = sorted({e.ref for e in outcome.evidence if e.ref and "/" in e.ref})
+            for spec in outcome.rule.suggestions:
+                actions = self._actions(record, spec, outcome, reasons)
+                if not actions or spec.label in labels:
+                    continue
+                labels.add(spec.label)
+                suggestion: dict[str, Any] = {
+                    "label": spec.label,
+                    "uuid": str(uuid.uuid5(uuid.UUID(card_uuid), spec.label)),
+                    "actions": actions,
+                }
+                if spec.recommended:
+                    suggestion["isRecommended"] = True
+                suggestions.append(suggestion)
+        return suggestions
+
+    def _actions(
+        self,
+        record: PatientRecord,
+        spec: schema.SuggestionSpec,
+        outcome: RuleOutcome,
+        reasons: list[str],
+    ) -> list[dict[str, Any]]:
+        actions: list[dict[str, Any]] = []
+        if spec.remove_draft:
+            binding = outcome.bindings.get(spec.remove_draft) or {}
+            for ref in binding.get("refs", []):
+                actions.append(
+                    {
+                        "type": "delete",
+                        "description": f"Remove the draft order {ref}",
+                        "resourceId": ref,
+                    }
+                )
+        for name in spec.orders:
+            resource = orders.instantiate(self._order_templates[name], record.patient_id, reasons)
+            actions.append(
+                {"type": "create", "description": self.kb.orders[name].label, "resource": resource}
+            )
+        if spec.missing_labs and spec.missing_within_days is not None:
+            for analyte in spec.missing_labs:
+                results = record.labs.get(analyte) or []
+                if results and (record.as_of - results[0].when).days <= spec.missing_within_days:
+                    continue
+                resource = orders.instantiate(self._lab_orders[analyte], record.patient_id, reasons)
+                actions.append(
+                    {
+                        "type": "create",
+                        "description": f"Order {self.kb.analytes[analyte].display}",
+                        "resource": resource,
+                    }
+                )
+        return actions
+
+    @staticmethod
+    def _links(fired: list[RuleOutcome]) -> list[dict[str, str]]:
+        links: list[dict[str, str]] = []
+        seen: set[str] = set()
+        for outcome in fired:
+            for link in outcome.rule.links:
+                if link.url not in seen:
+                    seen.add(link.url)
+                    links.append({"label": link.label, "url": link.url, "type": "absolute"})
+        return links

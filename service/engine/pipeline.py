@@ -1,0 +1,197 @@
+"""One hook call end to end: prefetch → FHIR fallback → record → rules → cards.
+
+The FHIR server is reached through a ``Fetcher`` (the httpx client in ``service.fhir``), so this
+module knows nothing about HTTP. A failed query disables only the rules that need its data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Protocol
+
+from service.engine.cards import CardComposer, CardMeta
+from service.engine.evaluate import RuleEngine, RuleOutcome
+from service.engine.prefetch import KEY_CATEGORY, read_prefetch, templates_for
+from service.engine.record import PatientRecord, RecordReader
+from service.errors import PrefetchUnavailable
+from service.knowledge.base import KnowledgeBase
+
+HOOKS = ("patient-view", "order-select", "order-sign")
+
+
+class FetchResultLike(Protocol):
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def resources(self) -> list[dict[str, Any]]: ...
+    @property
+    def reason(self) -> str | None: ...
+
+
+class Fetcher(Protocol):
+    async def search_many(
+        self, base_url: str, queries: dict[str, str], token: str | None, deadline_s: float
+    ) -> Mapping[str, FetchResultLike]: ...
+
+    async def read_references(
+        self, base_url: str, refs: list[str], token: str | None, deadline_s: float
+    ) -> dict[str, dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """The parts of a validated CDS Hooks request the pipeline reads."""
+
+    hook: str
+    patient_id: str
+    user_id: str | None = None
+    encounter_id: str | None = None
+    prefetch: dict[str, Any] | None = None
+    fhir_server: str | None = None
+    token: str | None = None
+    draft_orders: list[Any] = field(default_factory=list)
+    selections: frozenset[str] | None = None
+
+
+@dataclass
+class HookResult:
+    cards: list[dict[str, Any]]
+    metas: list[CardMeta]
+    outcomes: list[RuleOutcome]
+    record: PatientRecord
+    prefetch_hits: int
+    prefetch_keys: int
+    fetches: dict[str, str] = field(default_factory=dict)
+    """key → "ok" or the failure reason, for each query run against the FHIR server."""
+
+
+def render_query(template: str, call: HookCall) -> str:
+    """Fill the 2.0 tokens the templates use."""
+    user = call.user_id or ""
+    query = template.replace("{{context.patientId}}", call.patient_id)
+    query = query.replace("{{context.userId}}", user)
+    query = query.replace("{{userPractitionerId}}", user.split("/")[-1])
+    return query.replace("{{context.encounterId}}", call.encounter_id or "")
+
+
+def _unresolved_medication_refs(resources: list[Any]) -> list[str]:
+    have = {
+        f"Medication/{r.get('id')}"
+        for r in resources
+        if isinstance(r, dict) and r.get("resourceType") == "Medication"
+    }
+    refs: set[str] = set()
+    for resource in resources:
+        if not isinstance(resource, dict) or resource.get("resourceType") not in (
+            "MedicationRequest",
+            "MedicationStatement",
+        ):
+            continue
+        if "medicationCodeableConcept" in resource:
+            continue
+        reference = resource.get("medicationReference")
+        target = reference.get("reference") if isinstance(reference, dict) else None
+        if (
+            isinstance(target, str)
+            and target.startswith("Medication/")
+            and target.count("/") == 1
+            and target not in have
+        ):
+            refs.add(target)
+    return sorted(refs)
+
+
+class HookPipeline:
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        fetcher: Fetcher | None = None,
+        *,
+        deadline_s: float = 3.0,
+    ) -> None:
+        self.kb = kb
+        self.fetcher = fetcher
+        self.deadline_s = deadline_s
+        self.reader = RecordReader(kb)
+        self.engine = RuleEngine(kb)
+        self.composer = CardComposer(kb)
+        self.templates = {hook: templates_for(kb, hook) for hook in HOOKS}
+
+    async def run(self, call: HookCall, as_of: date, *, explain: bool = False) -> HookResult:
+        started = time.monotonic()
+        templates = self.templates[call.hook]
+        prefetched = read_prefetch(templates, call.prefetch)
+        to_fetch = list(prefetched.missing)
+        if call.fhir_server:
+            to_fetch += [k for k in prefetched.paged if k not in to_fetch]
+        resources = list(prefetched.resources)
+        unavailable: set[str] = set()
+        fetches: dict[str, str] = {}
+        if to_fetch:
+            if not call.fhir_server or self.fetcher is None:
+                raise PrefetchUnavailable(
+                    "Prefetch keys absent and no fhirServer to fetch them from: "
+                    + ", ".join(sorted(prefetched.missing))
+                )
+            fetched = await self._fetch(call, {k: templates[k] for k in to_fetch}, self.deadline_s)
+            for key in to_fetch:
+                result = fetched.get(key)
+                if result is not None and result.ok:
+                    resources.extend(result.resources)
+                    fetches[key] = "ok"
+                else:
+                    fetches[key] = (result.reason if result is not None else None) or "timeout"
+                    if key not in prefetched.paged:
+                        unavailable.add(KEY_CATEGORY[key])
+            if (
+                all(status != "ok" for status in fetches.values())
+                and not prefetched.resources
+                and (len(prefetched.missing) == len(templates))
+            ):
+                raise PrefetchUnavailable(
+                    "None of the data the service needs could be obtained from the FHIR server: "
+                    + ", ".join(f"{k} ({v})" for k, v in sorted(fetches.items()))
+                )
+        remaining = self.deadline_s - (time.monotonic() - started)
+        resources.extend(await self._resolve_medications(call, resources, remaining))
+        record = self.reader.read(
+            call.patient_id,
+            as_of,
+            resources,
+            unavailable=unavailable,
+            drafts=call.draft_orders,
+            selections=call.selections,
+        )
+        outcomes = self.engine.run(call.hook, record, explain=explain)
+        cards, metas = self.composer.compose(record, outcomes)
+        return HookResult(
+            cards=cards,
+            metas=metas,
+            outcomes=outcomes,
+            record=record,
+            prefetch_hits=len(templates) - len(prefetched.missing),
+            prefetch_keys=len(templates),
+            fetches=fetches,
+        )
+
+    async def _fetch(
+        self, call: HookCall, templates: dict[str, str], deadline_s: float
+    ) -> Mapping[str, FetchResultLike]:
+        assert self.fetcher is not None and call.fhir_server is not None
+        queries = {key: render_query(t, call) for key, t in templates.items()}
+        return await self.fetcher.search_many(call.fhir_server, queries, call.token, deadline_s)
+
+    async def _resolve_medications(
+        self, call: HookCall, resources: list[Any], deadline_s: float
+    ) -> list[dict[str, Any]]:
+        """Fetch the Medications that MedicationRequest/Statement reference but nobody sent."""
+        pending = _unresolved_medication_refs(resources)
+        if not pending or not call.fhir_server or self.fetcher is None or deadline_s <= 0.05:
+            return []
+        resolved = await self.fetcher.read_references(
+            call.fhir_server, pending, call.token, deadline_s
+        )
+        return list(resolved.values())

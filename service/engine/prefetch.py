@@ -1,0 +1,152 @@
+"""Prefetch: templates derived from the rules, and what the EHR's prefetch values mean.
+
+Each key is one FHIR query the rules need. Templates use only CDS Hooks 2.0 tokens. The knowledge
+base decides which keys a hook needs (a hook whose rules read no labs asks for no labs) and which
+lab codes the Observation query names, so templates are never written twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.knowledge import schema
+from service.knowledge.base import KnowledgeBase, iter_conditions
+
+PATIENT = "{{context.patientId}}"
+
+# key → (data category, template without lab codes)
+_KEYS: dict[str, tuple[str, str]] = {
+    "patient": ("patient", f"Patient/{PATIENT}"),
+    "conditions": (
+        "conditions",
+        f"Condition?patient={PATIENT}&clinical-status=active,recurrence,relapse",
+    ),
+    "observations": ("observations", f"Observation?patient={PATIENT}&code="),
+    "symptoms": ("symptoms", f"Observation?patient={PATIENT}&category=survey,exam"),
+    "medicationRequests": (
+        "medications",
+        f"MedicationRequest?patient={PATIENT}&status=active,on-hold",
+    ),
+    "medicationStatements": (
+        "medications",
+        f"MedicationStatement?patient={PATIENT}&status=active,intended",
+    ),
+    "journal": ("journal", f"QuestionnaireResponse?patient={PATIENT}&questionnaire="),
+}
+
+KEY_CATEGORY = {key: category for key, (category, _) in _KEYS.items()}
+
+
+def _needs(node: schema.Condition) -> tuple[set[str], set[str]]:
+    """(data categories, analytes) a condition tree reads."""
+    categories: set[str] = set()
+    analytes: set[str] = set()
+    for item in iter_conditions(node):
+        if isinstance(item, schema.FindingCond):
+            kinds = {"condition": "conditions", "observation": "symptoms", "journal": "journal"}
+            categories.update(kinds[k] for k in item.finding.kinds)
+        elif isinstance(item, schema.LabCond):
+            categories.add("observations")
+            analytes.add(item.lab.analyte)
+        elif isinstance(item, schema.LabMissingCond):
+            categories.add("observations")
+            analytes.add(item.lab_missing.analyte)
+        elif isinstance(item, schema.MedicationCond):
+            categories.add("medications")
+        elif isinstance(item, schema.MedicationBeforeFindingCond):
+            categories.update({"medications", "conditions", "symptoms", "journal"})
+        elif isinstance(item, schema.JournalCond):
+            categories.add("journal")
+        elif isinstance(item, schema.AgeCond):
+            categories.add("patient")
+    return categories, analytes
+
+
+def templates_for(kb: KnowledgeBase, hook: str) -> dict[str, str]:
+    """The prefetch templates a hook's rules need, and no more."""
+    rules = kb.rules_for(hook)
+    categories = {"patient"}  # age decides adult vs paediatric rules
+    analytes: set[str] = set()
+    trees: list[schema.Condition] = []
+    for rule in rules:
+        trees.append(rule.when)
+        trees.extend(e.when for e in rule.card.escalate)
+    if any(r.requires_complaint for r in rules):
+        trees.append(kb.policy.complaint)
+    for tree in trees:
+        needed, used = _needs(tree)
+        categories |= needed
+        analytes |= used
+    for rule in rules:
+        for suggestion in rule.suggestions:
+            analytes.update(suggestion.missing_labs)
+    templates: dict[str, str] = {}
+    for key, (category, template) in _KEYS.items():
+        if category not in categories:
+            continue
+        if key == "observations":
+            codes = sorted(
+                f"{system}|{code}"
+                for name in analytes
+                for system, code in kb.valuesets[kb.analytes[name].valueset].codes
+            )
+            template += ",".join(codes)
+        elif key == "journal":
+            template += kb.journal_url
+        templates[key] = template
+    return templates
+
+
+@dataclass
+class PrefetchRead:
+    """What the request's prefetch gave: resources, and the keys still to fetch."""
+
+    resources: list[Any] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    paged: list[str] = field(default_factory=list)
+
+
+def _is_outcome(value: object) -> bool:
+    return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
+
+
+def read_prefetch(keys: Iterable[str], prefetch: dict[str, Any] | None) -> PrefetchRead:
+    """Apply the spec's prefetch semantics to each key the service asked for.
+
+    Absent → fetch it; ``null`` → searched, nothing found; an OperationOutcome (alone or inside a
+    Bundle) → the client failed, fetch it; a searchset Bundle → its entries; a resource → itself.
+    Anything else (a bare string, a list) is not what the template asks for: fetch it.
+    """
+    read = PrefetchRead()
+    given = prefetch or {}
+    for key in keys:
+        if key not in given:
+            read.missing.append(key)
+            continue
+        value = given[key]
+        if value is None:
+            continue
+        if not isinstance(value, dict) or _is_outcome(value) or "resourceType" not in value:
+            read.missing.append(key)
+            continue
+        if value.get("resourceType") != "Bundle":
+            read.resources.append(value)
+            continue
+        entries = value.get("entry")
+        resources = [
+            entry.get("resource")
+            for entry in (entries if isinstance(entries, list) else [])
+            if isinstance(entry, dict)
+        ]
+        if any(_is_outcome(r) for r in resources):
+            read.missing.append(key)
+            continue
+        read.resources.extend(resources)
+        links = value.get("link")
+        if isinstance(links, list) and any(
+            isinstance(link, dict) and link.get("relation") == "next" for link in links
+        ):
+            read.paged.append(key)
+    return read

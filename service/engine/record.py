@@ -1,0 +1,550 @@
+"""The patient's record as the rules see it, read from raw FHIR R4 JSON.
+
+Reading is defensive and cheap: resources arrive as dicts (orjson), are filtered by type and
+status first, and only the elements some rule reads are touched. A resource that cannot be read is
+skipped and counted; it never fails the call. The FHIR status semantics below are FHIR's, not
+clinical knowledge: which statuses mean "usable", "active", "entered in error".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Literal
+
+from service.knowledge.base import CODESYSTEM_URL, KnowledgeBase
+from service.knowledge.valuesets import CodeKey
+
+FindingKind = Literal["condition", "observation", "journal"]
+
+USABLE_OBSERVATION_STATUS = frozenset({"final", "amended", "corrected"})
+REPORTED_OBSERVATION_STATUS = USABLE_OBSERVATION_STATUS | {"preliminary", "registered"}
+ACTIVE_CONDITION_STATUS = frozenset({"active", "recurrence", "relapse"})
+EXCLUDED_VERIFICATION_STATUS = frozenset({"refuted", "entered-in-error"})
+ACTIVE_REQUEST_STATUS = frozenset({"active", "on-hold"})
+ACTIVE_STATEMENT_STATUS = frozenset({"active", "intended"})
+COMPLETED_JOURNAL_STATUS = frozenset({"completed", "amended"})
+SYMPTOM_CATEGORIES = frozenset({"survey", "exam"})
+UCUM = "http://unitsofmeasure.org"
+MAX_ITEM_DEPTH = 8
+
+# Data categories: one per prefetch key family, so a failed query disables only the rules that
+# need that data.
+CATEGORIES = ("patient", "conditions", "observations", "symptoms", "medications", "journal")
+
+
+@dataclass(frozen=True, slots=True)
+class Concept:
+    codings: tuple[CodeKey, ...]
+    text: str
+    """Lower-case ``text`` and coding displays, for synonym matching."""
+    label: str
+    """What a clinician would call it: the text, else the first display, else the code."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: FindingKind
+    ref: str
+    concept: Concept
+    when: date | None
+
+
+@dataclass(frozen=True, slots=True)
+class LabResult:
+    analyte: str
+    ref: str
+    value: float
+    """In the analyte's canonical unit."""
+    unit: str
+    raw_value: float
+    raw_unit: str
+    when: date
+    interpretation: frozenset[str]
+    ref_low: float | None
+    ref_high: float | None
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class MedicationUse:
+    ref: str
+    concept: Concept
+    started: date | None
+
+
+@dataclass(frozen=True, slots=True)
+class DraftOrder:
+    ref: str
+    resource_type: str
+    concept: Concept
+
+
+@dataclass(frozen=True, slots=True)
+class JournalNight:
+    ref: str
+    night: date
+    answers: Mapping[str, bool | float | str]
+
+
+@dataclass
+class PatientRecord:
+    patient_id: str
+    as_of: date
+    birth_date: date | None = None
+    findings: list[Finding] = field(default_factory=list)
+    labs: dict[str, list[LabResult]] = field(default_factory=dict)
+    unusable_labs: int = 0
+    medications: list[MedicationUse] = field(default_factory=list)
+    drafts: list[DraftOrder] = field(default_factory=list)
+    nights: list[JournalNight] = field(default_factory=list)
+    unavailable: frozenset[str] = frozenset()
+    skipped: int = 0
+
+    @property
+    def age_years(self) -> int | None:
+        if self.birth_date is None:
+            return None
+        born, today = self.birth_date, self.as_of
+        return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+# --- primitives -------------------------------------------------------------------------------
+
+
+def parse_date(value: object) -> date | None:
+    """FHIR date/dateTime/instant → date (partial dates to their first day); None if unreadable."""
+    if not isinstance(value, str) or len(value) < 4:
+        return None
+    try:
+        year = int(value[0:4])
+        month = int(value[5:7]) if len(value) >= 7 else 1
+        day = int(value[8:10]) if len(value) >= 10 else 1
+        return date(year, month, day)
+    except ValueError:
+        return None
+
+
+def concept_of(value: object) -> Concept | None:
+    """A CodeableConcept (dict) → Concept; None when it carries neither codes nor text."""
+    if not isinstance(value, dict):
+        return None
+    codings: list[CodeKey] = []
+    words: list[str] = []
+    label = ""
+    raw_codings = value.get("coding")
+    if isinstance(raw_codings, list):
+        for coding in raw_codings:
+            if not isinstance(coding, dict):
+                continue
+            system, code, display = coding.get("system"), coding.get("code"), coding.get("display")
+            if isinstance(code, str) and isinstance(system, str):
+                codings.append((system, code))
+            if isinstance(display, str) and display:
+                words.append(display)
+                label = label or display
+            elif not label and isinstance(code, str):
+                label = code
+    text = value.get("text")
+    if isinstance(text, str) and text:
+        words.append(text)
+        label = text
+    if not codings and not words:
+        return None
+    return Concept(tuple(codings), " | ".join(words).lower(), label[:200])
+
+
+def _merge(concepts: Iterable[Concept | None]) -> Concept | None:
+    present = [c for c in concepts if c is not None]
+    if not present:
+        return None
+    return Concept(
+        tuple(k for c in present for k in c.codings),
+        " | ".join(c.text for c in present),
+        present[0].label,
+    )
+
+
+def _codes(value: object) -> Iterable[str]:
+    """The ``code`` of each coding of a CodeableConcept."""
+    if isinstance(value, dict) and isinstance(value.get("coding"), list):
+        for coding in value["coding"]:
+            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+                yield coding["code"]
+
+
+def _status_code(value: object) -> str | None:
+    return next(iter(_codes(value)), None)
+
+
+def _ref(resource: dict[str, Any]) -> str:
+    rid = resource.get("id")
+    return f"{resource.get('resourceType')}/{rid}" if isinstance(rid, str) else ""
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if number == number and abs(number) != float("inf") else None
+
+
+# --- the reader -------------------------------------------------------------------------------
+
+
+class RecordReader:
+    """Turns resources into a ``PatientRecord``; one per knowledge base, reused across calls."""
+
+    def __init__(self, kb: KnowledgeBase) -> None:
+        self.kb = kb
+        self.analyte_by_code = kb.analyte_by_code
+        self.unit_aliases = kb.unit_aliases
+        self.journal_url = kb.journal_url
+        self.absent_codes = frozenset(c.code for c in kb.policy.absent_codes)
+
+    def read(
+        self,
+        patient_id: str,
+        as_of: date,
+        resources: Iterable[object],
+        *,
+        unavailable: Iterable[str] = (),
+        drafts: Iterable[object] = (),
+        selections: frozenset[str] | None = None,
+    ) -> PatientRecord:
+        record = PatientRecord(patient_id=patient_id, as_of=as_of)
+        record.unavailable = frozenset(unavailable)
+        medications: dict[str, dict[str, Any]] = {}
+        pending_meds: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for resource in resources:
+            if not isinstance(resource, dict):
+                record.skipped += 1
+                continue
+            ref = _ref(resource)
+            if ref and ref in seen:
+                continue  # the same resource from two prefetch keys counts once
+            if ref:
+                seen.add(ref)
+            try:
+                kind = resource.get("resourceType")
+                if kind == "Observation":
+                    self._observation(record, resource)
+                elif kind == "Condition":
+                    self._condition(record, resource)
+                elif kind in ("MedicationRequest", "MedicationStatement"):
+                    pending_meds.append(resource)
+                elif kind == "Medication":
+                    medications[ref] = resource
+                elif kind == "QuestionnaireResponse":
+                    self._journal(record, resource)
+                elif kind == "Patient":
+                    self._patient(record, resource)
+            except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+                record.skipped += 1
+        for resource in pending_meds:
+            try:
+                self._medication(record, resource, medications)
+            except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+                record.skipped += 1
+        for resource in drafts:
+            try:
+                self._draft(record, resource, selections)
+            except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+                record.skipped += 1
+        for results in record.labs.values():
+            results.sort(key=lambda lab: lab.when, reverse=True)
+        record.nights.sort(key=lambda night: night.night, reverse=True)
+        return record
+
+    # Patient ---------------------------------------------------------------------------------
+
+    def _patient(self, record: PatientRecord, resource: dict[str, Any]) -> None:
+        if resource.get("id") not in (None, record.patient_id):
+            return
+        record.birth_date = parse_date(resource.get("birthDate"))
+
+    # Condition -------------------------------------------------------------------------------
+
+    def _condition(self, record: PatientRecord, resource: dict[str, Any]) -> None:
+        verification = _status_code(resource.get("verificationStatus"))
+        if verification in EXCLUDED_VERIFICATION_STATUS:
+            return
+        clinical = _status_code(resource.get("clinicalStatus"))
+        if clinical is not None and clinical not in ACTIVE_CONDITION_STATUS:
+            return
+        concept = concept_of(resource.get("code"))
+        if concept is None:
+            record.skipped += 1
+            return
+        period = resource.get("onsetPeriod")
+        when = (
+            parse_date(resource.get("onsetDateTime"))
+            or (parse_date(period.get("start")) if isinstance(period, dict) else None)
+            or parse_date(resource.get("recordedDate"))
+        )
+        # No clinical status (allowed for some encounter diagnoses): only a recent one counts.
+        lookback = self.kb.policy.finding_lookback_days
+        if clinical is None and (when is None or (record.as_of - when).days > lookback):
+            return
+        record.findings.append(Finding("condition", _ref(resource), concept, when))
+
+    # Observation -----------------------------------------------------------------------------
+
+    def _observation(self, record: PatientRecord, resource: dict[str, Any]) -> None:
+        status = resource.get("status")
+        concept = concept_of(resource.get("code"))
+        if concept is None:
+            record.skipped += 1
+            return
+        analyte = next(
+            (self.analyte_by_code[k] for k in concept.codings if k in self.analyte_by_code), None
+        )
+        when = self._effective(resource)
+        if analyte is not None:
+            if status not in USABLE_OBSERVATION_STATUS or when is None:
+                record.unusable_labs += 1
+                return
+            lab = self._lab(analyte, resource, when, concept)
+            if lab is None:
+                record.unusable_labs += 1
+                return
+            record.labs.setdefault(analyte, []).append(lab)
+            return
+        if status not in REPORTED_OBSERVATION_STATUS:
+            return
+        if not self._positive(resource):
+            return
+        record.findings.append(Finding("observation", _ref(resource), concept, when))
+
+    @staticmethod
+    def _effective(resource: dict[str, Any]) -> date | None:
+        period = resource.get("effectivePeriod")
+        return (
+            parse_date(resource.get("effectiveDateTime"))
+            or (parse_date(period.get("start")) if isinstance(period, dict) else None)
+            or parse_date(resource.get("effectiveInstant"))
+            or parse_date(resource.get("issued"))
+        )
+
+    def _positive(self, resource: dict[str, Any]) -> bool:
+        """A symptom Observation counts unless its value says the symptom is absent."""
+        if "valueBoolean" in resource:
+            return resource["valueBoolean"] is True
+        for key in ("valueInteger", "valueQuantity"):
+            if key in resource:
+                raw = resource[key]
+                number = _number(raw.get("value") if isinstance(raw, dict) else raw)
+                return number is not None and number > 0
+        absent = self.absent_codes
+        value = resource.get("valueCodeableConcept")
+        if isinstance(value, dict):
+            return not set(_codes(value)) & absent
+        interpretation = resource.get("interpretation")
+        if isinstance(interpretation, list):
+            for item in interpretation:
+                if set(_codes(item)) & absent:
+                    return False
+        return True
+
+    def _unit(self, analyte: str, raw: str) -> float | None:
+        conversions = self.kb.analytes[analyte].conversions
+        unit = self.unit_aliases.get(raw, raw)
+        return conversions.get(unit)
+
+    def _lab(
+        self, analyte: str, resource: dict[str, Any], when: date, concept: Concept
+    ) -> LabResult | None:
+        quantity = resource.get("valueQuantity")
+        raw_unit = ""
+        if isinstance(quantity, dict):
+            if quantity.get("comparator") is not None:
+                return None  # "<5" is not a value a threshold can be applied to
+            value = _number(quantity.get("value"))
+            code = quantity.get("code")
+            unit_text = quantity.get("unit")
+            if isinstance(code, str) and quantity.get("system") in (UCUM, None):
+                raw_unit = code
+            elif isinstance(unit_text, str):
+                raw_unit = unit_text
+        else:
+            value = _number(resource.get("valueInteger"))
+        if value is None:
+            return None
+        factor = self._unit(analyte, raw_unit)
+        if factor is None:
+            return None  # an unknown unit is never guessed
+        ref_low = ref_high = None
+        ranges = resource.get("referenceRange")
+        if isinstance(ranges, list) and ranges and isinstance(ranges[0], dict):
+            ref_low = self._bound(analyte, ranges[0].get("low"))
+            ref_high = self._bound(analyte, ranges[0].get("high"))
+        interpretation: set[str] = set()
+        raw_interp = resource.get("interpretation")
+        if isinstance(raw_interp, list):
+            for item in raw_interp:
+                interpretation.update(_codes(item))
+        return LabResult(
+            analyte=analyte,
+            ref=_ref(resource),
+            value=value * factor,
+            unit=self.kb.analytes[analyte].unit,
+            raw_value=value,
+            raw_unit=raw_unit,
+            when=when,
+            interpretation=frozenset(interpretation),
+            ref_low=ref_low,
+            ref_high=ref_high,
+            label=concept.label,
+        )
+
+    def _bound(self, analyte: str, quantity: object) -> float | None:
+        if not isinstance(quantity, dict):
+            return None
+        value = _number(quantity.get("value"))
+        unit = quantity.get("code") or quantity.get("unit") or ""
+        factor = self._unit(analyte, unit if isinstance(unit, str) else "")
+        return None if value is None or factor is None else value * factor
+
+    # Medications -----------------------------------------------------------------------------
+
+    def _medication_concept(
+        self, resource: dict[str, Any], medications: Mapping[str, dict[str, Any]]
+    ) -> Concept | None:
+        concept = concept_of(resource.get("medicationCodeableConcept"))
+        if concept is not None:
+            return concept
+        reference = resource.get("medicationReference")
+        target = reference.get("reference") if isinstance(reference, dict) else None
+        medication: object = None
+        if isinstance(target, str) and target.startswith("#"):
+            for contained in resource.get("contained") or []:
+                if isinstance(contained, dict) and contained.get("id") == target[1:]:
+                    medication = contained
+        elif isinstance(target, str):
+            medication = medications.get(target) or medications.get(
+                "/".join(target.rstrip("/").split("/")[-2:])
+            )
+        fallback = concept_of({"text": reference.get("display")}) if reference else None
+        if not isinstance(medication, dict):
+            return fallback
+        ingredients = [
+            concept_of(item.get("itemCodeableConcept"))
+            for item in medication.get("ingredient") or []
+            if isinstance(item, dict)
+        ]
+        return _merge([concept_of(medication.get("code")), *ingredients, fallback])
+
+    def _medication(
+        self,
+        record: PatientRecord,
+        resource: dict[str, Any],
+        medications: Mapping[str, dict[str, Any]],
+    ) -> None:
+        kind, status = resource.get("resourceType"), resource.get("status")
+        if kind == "MedicationRequest":
+            if status not in ACTIVE_REQUEST_STATUS:
+                return
+            started = parse_date(resource.get("authoredOn"))
+        else:
+            if status not in ACTIVE_STATEMENT_STATUS:
+                return
+            period = resource.get("effectivePeriod")
+            started = (
+                parse_date(resource.get("effectiveDateTime"))
+                or (parse_date(period.get("start")) if isinstance(period, dict) else None)
+                or parse_date(resource.get("dateAsserted"))
+            )
+        concept = self._medication_concept(resource, medications)
+        if concept is None:
+            record.skipped += 1
+            return
+        record.medications.append(MedicationUse(_ref(resource), concept, started))
+
+    def _draft(
+        self, record: PatientRecord, resource: object, selections: frozenset[str] | None
+    ) -> None:
+        if not isinstance(resource, dict):
+            record.skipped += 1
+            return
+        ref = _ref(resource)
+        if selections is not None and ref not in selections:
+            return
+        kind = str(resource.get("resourceType"))
+        if kind in ("MedicationRequest", "MedicationStatement"):
+            concept = self._medication_concept(resource, {})
+        else:
+            concept = concept_of(resource.get("code"))
+        if concept is None:
+            record.skipped += 1
+            return
+        record.drafts.append(DraftOrder(ref, kind, concept))
+
+    # Sleep journal ---------------------------------------------------------------------------
+
+    def _journal(self, record: PatientRecord, resource: dict[str, Any]) -> None:
+        questionnaire = resource.get("questionnaire")
+        if not isinstance(questionnaire, str) or questionnaire.split("|")[0] != self.journal_url:
+            return
+        if resource.get("status") not in COMPLETED_JOURNAL_STATUS:
+            return
+        answers: dict[str, bool | float | str] = {}
+        self._answers(resource.get("item"), answers, 0)
+        night = parse_date(answers.get("night-date")) or parse_date(resource.get("authored"))
+        if night is None:
+            record.skipped += 1
+            return
+        ref = _ref(resource)
+        record.nights.append(JournalNight(ref, night, answers))
+        items = self.kb.journal_items
+        for link_id, value in answers.items():
+            if link_id in items and self._journal_positive(value):
+                concept = Concept(((CODESYSTEM_URL, link_id),), link_id, link_id)
+                record.findings.append(Finding("journal", f"{ref}#{link_id}", concept, night))
+
+    @staticmethod
+    def _journal_positive(value: bool | float | str) -> bool:
+        if isinstance(value, bool):
+            return value
+        return isinstance(value, float) and value > 0
+
+    def _answers(self, items: object, out: dict[str, bool | float | str], depth: int) -> None:
+        if not isinstance(items, list) or depth > MAX_ITEM_DEPTH:
+            return
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            link_id = item.get("linkId")
+            answers = item.get("answer")
+            if isinstance(link_id, str) and isinstance(answers, list) and answers:
+                first = answers[0]
+                if isinstance(first, dict):
+                    value = _answer_value(first)
+                    if value is not None:
+                        out[link_id] = value
+                    for answer in answers:
+                        if isinstance(answer, dict):
+                            self._answers(answer.get("item"), out, depth + 1)
+            self._answers(item.get("item"), out, depth + 1)
+
+
+def _answer_value(answer: dict[str, Any]) -> bool | float | str | None:
+    if isinstance(answer.get("valueBoolean"), bool):
+        return bool(answer["valueBoolean"])
+    for key in ("valueInteger", "valueDecimal"):
+        number = _number(answer.get(key))
+        if number is not None:
+            return number
+    quantity = answer.get("valueQuantity")
+    if isinstance(quantity, dict):
+        number = _number(quantity.get("value"))
+        if number is not None:
+            return number
+    coding = answer.get("valueCoding")
+    if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+        return str(coding["code"])
+    for key in ("valueDate", "valueDateTime", "valueTime", "valueString"):
+        if isinstance(answer.get(key), str):
+            return str(answer[key])
+    return None

@@ -1,0 +1,279 @@
+"""The knowledge base: every knowledge file loaded, cross-checked and indexed once at start-up.
+
+Anything wrong (bad YAML, a field the schema does not know, an unresolved ValueSet, an unknown
+analyte, order or template variable) raises ``KnowledgeError`` naming the file and field, and the
+service does not start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from jinja2 import meta
+from pydantic import BaseModel, ValidationError
+
+from service.errors import KnowledgeError
+from service.knowledge import schema
+from service.knowledge.templates import TEMPLATE_GLOBALS, environment
+from service.knowledge.valuesets import ValueSetIndex, index_valuesets, load_profiles
+
+M = TypeVar("M", bound=BaseModel)
+
+JOURNAL_URL = "https://sleep-cds.example.org/fhir/Questionnaire/sleep-journal"
+CODESYSTEM_URL = "https://sleep-cds.example.org/fhir/CodeSystem/sleep-cds"
+
+
+@dataclass(frozen=True)
+class KnowledgeBase:
+    rules: tuple[schema.Rule, ...]
+    rule_files: dict[str, Path]
+    valuesets: dict[str, ValueSetIndex]
+    analytes: dict[str, schema.Analyte]
+    unit_aliases: dict[str, str]
+    lab_order_category: schema.CodingSpec
+    orders: dict[str, schema.OrderSpec]
+    policy: schema.Policy
+    journal_url: str
+    journal_items: dict[str, str]
+    """linkId → item type of the sleep-journal Questionnaire."""
+    analyte_by_code: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def rules_for(self, hook: str) -> tuple[schema.Rule, ...]:
+        return tuple(r for r in self.rules if r.status == "active" and hook in r.hooks)
+
+    def topic(self, code: str) -> schema.CodingSpec:
+        for coding in self.policy.topics:
+            if coding.code == code:
+                return coding
+        raise KeyError(code)
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        location = ".".join(str(p) for p in error["loc"])
+        parts.append(f"field '{location}': {error['msg']}")
+    return "; ".join(parts)
+
+
+def _load_yaml(path: Path, model: type[M]) -> M:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise KnowledgeError(f"{path}: cannot read YAML: {exc}") from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise KnowledgeError(f"{path}: {_format_errors(exc)}") from exc
+
+
+def iter_conditions(node: schema.Condition) -> Iterator[schema.Condition]:
+    """Every node of a condition tree, depth first."""
+    yield node
+    if isinstance(node, schema.AllCond):
+        for child in node.all:
+            yield from iter_conditions(child)
+    elif isinstance(node, schema.AnyCond):
+        for child in node.any:
+            yield from iter_conditions(child)
+    elif isinstance(node, schema.NotCond):
+        yield from iter_conditions(node.not_)
+    elif isinstance(node, schema.AtLeastCond):
+        for child in node.at_least.of:
+            yield from iter_conditions(child)
+
+
+def _bindings(node: schema.Condition) -> dict[str, str]:
+    """Binding name → operator, for template and suggestion checks."""
+    names: dict[str, str] = {}
+    for item in iter_conditions(node):
+        for op_name in ("finding", "lab", "lab_missing", "medication", "draft_order", "journal"):
+            spec = getattr(item, op_name, None)
+            if spec is not None and spec.as_:
+                names[spec.as_] = op_name
+    return names
+
+
+class _Checker:
+    """Cross-reference checks shared by rules and the policy."""
+
+    def __init__(self, kb_parts: dict[str, Any]) -> None:
+        self.valuesets: dict[str, ValueSetIndex] = kb_parts["valuesets"]
+        self.analytes: dict[str, schema.Analyte] = kb_parts["analytes"]
+        self.journal_items: dict[str, str] = kb_parts["journal_items"]
+        self.unit_aliases: dict[str, str] = kb_parts["unit_aliases"]
+
+    def valueset(self, where: str, url: str) -> None:
+        if url not in self.valuesets:
+            raise KnowledgeError(f"{where}: ValueSet {url} is not in fhir_profiles/")
+
+    def condition(self, where: str, node: schema.Condition) -> None:
+        for item in iter_conditions(node):
+            if isinstance(item, schema.FindingCond):
+                self.valueset(f"{where} field 'finding.valueset'", item.finding.valueset)
+            elif isinstance(item, schema.LabCond):
+                self.analyte(where, item.lab.analyte)
+                conversions = self.analytes[item.lab.analyte].conversions
+                if item.lab.unit not in conversions:
+                    raise KnowledgeError(
+                        f"{where} field 'lab.unit': {item.lab.unit!r} is not a known unit of "
+                        f"{item.lab.analyte} ({', '.join(conversions)})"
+                    )
+            elif isinstance(item, schema.LabMissingCond):
+                self.analyte(where, item.lab_missing.analyte)
+            elif isinstance(item, schema.MedicationCond):
+                self.valueset(f"{where} field 'medication.valueset'", item.medication.valueset)
+                if item.medication.exclude_valueset:
+                    self.valueset(
+                        f"{where} field 'medication.exclude_valueset'",
+                        item.medication.exclude_valueset,
+                    )
+            elif isinstance(item, schema.MedicationBeforeFindingCond):
+                spec = item.medication_before_finding
+                self.valueset(
+                    f"{where} field 'medication_before_finding.medication'", spec.medication
+                )
+                self.valueset(f"{where} field 'medication_before_finding.finding'", spec.finding)
+            elif isinstance(item, schema.DraftOrderCond):
+                self.valueset(f"{where} field 'draft_order.valueset'", item.draft_order.valueset)
+            elif (
+                isinstance(item, schema.JournalCond) and item.journal.item not in self.journal_items
+            ):
+                raise KnowledgeError(
+                    f"{where} field 'journal.item': {item.journal.item!r} is not an item of the "
+                    "sleep-journal Questionnaire"
+                )
+
+    def analyte(self, where: str, name: str) -> None:
+        if name not in self.analytes:
+            raise KnowledgeError(f"{where} field 'analyte': unknown analyte {name!r}")
+
+
+def _check_templates(path: Path, rule: schema.Rule, bindings: dict[str, str]) -> None:
+    env = environment()
+    allowed = set(bindings) | set(TEMPLATE_GLOBALS)
+    for name, text in (("card.summary", rule.card.summary), ("card.detail", rule.card.detail)):
+        try:
+            parsed = env.parse(text)
+        except Exception as exc:
+            raise KnowledgeError(f"{path}: field '{name}': template error: {exc}") from exc
+        unknown = meta.find_undeclared_variables(parsed) - allowed
+        if unknown:
+            raise KnowledgeError(
+                f"{path}: field '{name}': unknown template variables {sorted(unknown)}; "
+                f"bind them with 'as:' in 'when'"
+            )
+
+
+def _check_rule(path: Path, rule: schema.Rule, checker: _Checker, kb: dict[str, Any]) -> None:
+    if path.stem != rule.id:
+        raise KnowledgeError(f"{path}: field 'id': must equal the file name ({path.stem})")
+    topics = {t.code for t in kb["policy"].topics}
+    if rule.topic not in topics:
+        raise KnowledgeError(f"{path}: field 'topic': {rule.topic!r} is not a card topic")
+    checker.condition(f"{path}: field 'when'", rule.when)
+    for i, esc in enumerate(rule.card.escalate):
+        checker.condition(f"{path}: field 'card.escalate.{i}.when'", esc.when)
+    bindings = _bindings(rule.when)
+    _check_templates(path, rule, bindings)
+    for i, sug in enumerate(rule.suggestions):
+        for order in sug.orders:
+            if order not in kb["orders"]:
+                raise KnowledgeError(f"{path}: field 'suggestions.{i}.orders': unknown {order!r}")
+        for analyte in sug.missing_labs:
+            checker.analyte(f"{path}: suggestions.{i}.missing_labs", analyte)
+            if kb["analytes"][analyte].order is None:
+                raise KnowledgeError(
+                    f"{path}: field 'suggestions.{i}.missing_labs': {analyte} has no order code"
+                )
+        if sug.remove_draft and bindings.get(sug.remove_draft) != "draft_order":
+            raise KnowledgeError(
+                f"{path}: field 'suggestions.{i}.remove_draft': {sug.remove_draft!r} must name "
+                "a draft_order binding"
+            )
+    if (
+        rule.population != "all"
+        and not any(isinstance(item, schema.AgeCond) for item in iter_conditions(rule.when))
+        and rule.population == "pediatric"
+    ):
+        raise KnowledgeError(f"{path}: field 'population': paediatric rules need an age condition")
+
+
+def _journal_items(artifacts: dict[str, dict[str, Any]]) -> dict[str, str]:
+    questionnaire = artifacts.get(JOURNAL_URL)
+    if questionnaire is None:
+        raise KnowledgeError(f"fhir_profiles: Questionnaire {JOURNAL_URL} is missing")
+    items: dict[str, str] = {}
+    stack = list(questionnaire.get("item") or [])
+    while stack:
+        item = stack.pop()
+        items[str(item["linkId"])] = str(item.get("type"))
+        stack.extend(item.get("item") or [])
+    return items
+
+
+def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
+    """Load and cross-check everything; raise ``KnowledgeError`` on the first problem."""
+    artifacts = load_profiles(profiles_dir)
+    valuesets = index_valuesets(artifacts)
+    analyte_file = _load_yaml(knowledge_dir / "analytes.yaml", schema.AnalyteFile)
+    orders_file = knowledge_dir / "orders.yaml"
+    orders = _load_yaml(orders_file, _OrderFile).orders
+    policy = _load_yaml(knowledge_dir / "policy.yaml", schema.Policy)
+    parts: dict[str, Any] = {
+        "valuesets": valuesets,
+        "analytes": analyte_file.analytes,
+        "unit_aliases": analyte_file.unit_aliases,
+        "journal_items": _journal_items(artifacts),
+        "orders": orders,
+        "policy": policy,
+    }
+    checker = _Checker(parts)
+    analyte_by_code: dict[tuple[str, str], str] = {}
+    for name, analyte in analyte_file.analytes.items():
+        checker.valueset(f"analytes.yaml: field 'analytes.{name}.valueset'", analyte.valueset)
+        for key in valuesets[analyte.valueset].codes:
+            if key in analyte_by_code:
+                raise KnowledgeError(
+                    f"analytes.yaml: field 'analytes.{name}.valueset': code {key[1]} is also in "
+                    f"{analyte_by_code[key]}"
+                )
+            analyte_by_code[key] = name
+    checker.condition("policy.yaml: field 'complaint'", policy.complaint)
+    from service.engine.orders import validate_order_templates
+
+    validate_order_templates(orders_file, orders)
+
+    rules: list[schema.Rule] = []
+    files: dict[str, Path] = {}
+    for path in sorted((knowledge_dir / "rules").glob("*.yaml")):
+        rule = _load_yaml(path, schema.Rule)
+        if rule.id in files:
+            raise KnowledgeError(f"{path}: field 'id': duplicate rule id {rule.id}")
+        _check_rule(path, rule, checker, parts)
+        rules.append(rule)
+        files[rule.id] = path
+    if not rules:
+        raise KnowledgeError(f"{knowledge_dir / 'rules'}: no rule files")
+    return KnowledgeBase(
+        rules=tuple(rules),
+        rule_files=files,
+        valuesets=valuesets,
+        analytes=analyte_file.analytes,
+        unit_aliases=analyte_file.unit_aliases,
+        lab_order_category=analyte_file.lab_order_category,
+        orders=orders,
+        policy=policy,
+        journal_url=JOURNAL_URL,
+        journal_items=parts["journal_items"],
+        analyte_by_code=analyte_by_code,
+    )
+
+
+class _OrderFile(BaseModel):
+    model_config = schema._Strict.model_config
+    orders: dict[str, schema.OrderSpec]

@@ -1,0 +1,347 @@
+"""Typed schema of the knowledge files; every file is validated against it at start-up.
+
+A rule's ``when`` is a tree of conditions. Each node is a one-key mapping naming its operator
+(``all``, ``any``, ``not``, ``at_least``, ``finding``, ``lab``, ...). Adding a rule that uses these
+operators needs no Python.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+Comparator = Literal["<", "<=", ">", ">=", "=="]
+Indicator = Literal["info", "warning", "critical"]
+Hook = Literal["patient-view", "order-select", "order-sign"]
+FindingKind = Literal["condition", "observation", "journal"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- leaves -----------------------------------------------------------------------------------
+
+
+class FindingSpec(_Strict):
+    """A symptom or diagnosis: Condition, symptom Observation or sleep-journal answer."""
+
+    valueset: str
+    within_days: int | None = Field(default=None, ge=1)
+    kinds: tuple[FindingKind, ...] = ("condition", "observation", "journal")
+    as_: str | None = Field(default=None, alias="as")
+
+
+class LabSpec(_Strict):
+    """The newest usable value of an analyte, compared with a threshold.
+
+    When ``interpretation`` is given and the Observation carries interpretation codes, those codes
+    decide. Otherwise, when ``reference_range`` is given and the Observation has that bound, the
+    lab's own range decides. Otherwise ``op`` ``value`` ``unit`` decides.
+    """
+
+    analyte: str
+    op: Comparator
+    value: float
+    unit: str
+    within_days: int = Field(ge=1)
+    interpretation: tuple[str, ...] = ()
+    reference_range: Literal["low", "high"] | None = None
+    as_: str | None = Field(default=None, alias="as")
+
+
+class LabMissingSpec(_Strict):
+    """No usable value of the analyte within the window (missing or stale)."""
+
+    analyte: str
+    within_days: int = Field(ge=1)
+    as_: str | None = Field(default=None, alias="as")
+
+
+class MedicationSpec(_Strict):
+    """An active medication (MedicationRequest or MedicationStatement) in a drug-class ValueSet."""
+
+    valueset: str
+    exclude_valueset: str | None = None
+    as_: str | None = Field(default=None, alias="as")
+
+
+class MedicationBeforeFindingSpec(_Strict):
+    """A drug in the class started at most ``max_days`` before the finding's onset."""
+
+    medication: str
+    finding: str
+    max_days: int = Field(ge=0)
+
+
+class DraftOrderSpec(_Strict):
+    """A draft order of the order hooks (only ``selections`` at order-select) in a ValueSet."""
+
+    valueset: str
+    as_: str | None = Field(default=None, alias="as")
+
+
+class JournalSpec(_Strict):
+    """Sleep-journal nights whose answer to ``item`` satisfies ``op value``."""
+
+    item: str
+    op: Comparator = "=="
+    value: float | bool | str = True
+    min_nights: int = Field(default=1, ge=1)
+    within_days: int = Field(default=14, ge=1)
+    as_: str | None = Field(default=None, alias="as")
+
+
+class AgeSpec(_Strict):
+    op: Comparator
+    years: int = Field(ge=0)
+
+
+class FindingCond(_Strict):
+    finding: FindingSpec
+
+
+class LabCond(_Strict):
+    lab: LabSpec
+
+
+class LabMissingCond(_Strict):
+    lab_missing: LabMissingSpec
+
+
+class MedicationCond(_Strict):
+    medication: MedicationSpec
+
+
+class MedicationBeforeFindingCond(_Strict):
+    medication_before_finding: MedicationBeforeFindingSpec
+
+
+class DraftOrderCond(_Strict):
+    draft_order: DraftOrderSpec
+
+
+class JournalCond(_Strict):
+    journal: JournalSpec
+
+
+class AgeCond(_Strict):
+    age: AgeSpec
+
+
+# --- combinators ------------------------------------------------------------------------------
+
+
+class AllCond(_Strict):
+    all: tuple[Condition, ...] = Field(min_length=1)
+
+
+class AnyCond(_Strict):
+    any: tuple[Condition, ...] = Field(min_length=1)
+
+
+class NotCond(_Strict):
+    not_: Condition = Field(alias="not")
+
+
+class AtLeastSpec(_Strict):
+    count: int = Field(ge=1)
+    of: tuple[Condition, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _reachable(self) -> AtLeastSpec:
+        if self.count > len(self.of):
+            raise ValueError("count is larger than the number of conditions")
+        return self
+
+
+class AtLeastCond(_Strict):
+    at_least: AtLeastSpec
+
+
+_OPERATORS: dict[str, type[Any]] = {
+    "all": AllCond,
+    "any": AnyCond,
+    "not": NotCond,
+    "at_least": AtLeastCond,
+    "finding": FindingCond,
+    "lab": LabCond,
+    "lab_missing": LabMissingCond,
+    "medication": MedicationCond,
+    "medication_before_finding": MedicationBeforeFindingCond,
+    "draft_order": DraftOrderCond,
+    "journal": JournalCond,
+    "age": AgeCond,
+}
+
+
+def _operator_of(value: object) -> str | None:
+    """The node's operator: its single key (or the model's, once validated)."""
+    if isinstance(value, dict):
+        keys = [key for key in value if key in _OPERATORS]
+        return keys[0] if len(keys) == 1 and len(value) == 1 else None
+    for name, model in _OPERATORS.items():
+        if type(value) is model:
+            return name
+    return None
+
+
+Condition = Annotated[
+    Annotated[AllCond, Tag("all")]
+    | Annotated[AnyCond, Tag("any")]
+    | Annotated[NotCond, Tag("not")]
+    | Annotated[AtLeastCond, Tag("at_least")]
+    | Annotated[FindingCond, Tag("finding")]
+    | Annotated[LabCond, Tag("lab")]
+    | Annotated[LabMissingCond, Tag("lab_missing")]
+    | Annotated[MedicationCond, Tag("medication")]
+    | Annotated[MedicationBeforeFindingCond, Tag("medication_before_finding")]
+    | Annotated[DraftOrderCond, Tag("draft_order")]
+    | Annotated[JournalCond, Tag("journal")]
+    | Annotated[AgeCond, Tag("age")],
+    Discriminator(
+        _operator_of,
+        custom_error_type="unknown_operator",
+        custom_error_message="a condition must be a mapping with exactly one operator key: "
+        "all, any, not, at_least, finding, lab, lab_missing, medication, "
+        "medication_before_finding, draft_order, journal, age",
+    ),
+]
+
+for _model in (AllCond, AnyCond, NotCond, AtLeastSpec, AtLeastCond):
+    _model.model_rebuild()
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+
+class SourceRef(_Strict):
+    label: str
+    url: str
+    citation: str | None = None
+
+
+class Review(_Strict):
+    """Clinical sign-off: a rule stays ``draft`` until a named clinician reviews it."""
+
+    status: Literal["draft", "reviewed", "retired"]
+    reviewer: str | None = None
+    reviewed_on: str | None = None
+    notes: str | None = None
+
+
+class Escalation(_Strict):
+    indicator: Indicator
+    when: Condition
+
+
+class CardSpec(_Strict):
+    indicator: Indicator
+    escalate: tuple[Escalation, ...] = ()
+    summary: str = Field(min_length=1)
+    detail: str = Field(min_length=1)
+    priority: int = 50
+
+
+class SuggestionSpec(_Strict):
+    """A one-click suggestion: draft orders to create and/or draft orders to remove."""
+
+    label: str
+    orders: tuple[str, ...] = ()
+    missing_labs: tuple[str, ...] = ()
+    missing_within_days: int | None = Field(default=None, ge=1)
+    remove_draft: str | None = None
+    recommended: bool = False
+
+    @model_validator(mode="after")
+    def _does_something(self) -> SuggestionSpec:
+        if not (self.orders or self.missing_labs or self.remove_draft):
+            raise ValueError("a suggestion needs orders, missing_labs or remove_draft")
+        if self.missing_labs and self.missing_within_days is None:
+            raise ValueError("missing_labs needs missing_within_days")
+        return self
+
+
+class LinkSpec(_Strict):
+    label: str
+    url: str
+
+
+class Rule(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    version: str = Field(pattern=r"^\d+\.\d+\.\d+$")
+    title: str
+    description: str
+    status: Literal["active", "disabled"] = "active"
+    hooks: tuple[Hook, ...] = Field(min_length=1)
+    topic: str
+    population: Literal["adult", "pediatric", "all"] = "adult"
+    requires_complaint: bool = True
+    sources: tuple[SourceRef, ...] = Field(min_length=1)
+    review: Review
+    when: Condition
+    card: CardSpec
+    suggestions: tuple[SuggestionSpec, ...] = ()
+    links: tuple[LinkSpec, ...] = ()
+
+
+# --- analytes, orders, policy -----------------------------------------------------------------
+
+
+class CodingSpec(_Strict):
+    system: str
+    code: str
+    display: str
+
+
+class Analyte(_Strict):
+    display: str
+    valueset: str
+    unit: str
+    conversions: dict[str, float] = Field(min_length=1)
+    order: CodingSpec | None = None
+    source: str
+
+    @model_validator(mode="after")
+    def _canonical_convertible(self) -> Analyte:
+        if self.conversions.get(self.unit) != 1:
+            raise ValueError(f"conversions must map the canonical unit {self.unit!r} to 1")
+        return self
+
+
+class AnalyteFile(_Strict):
+    lab_order_category: CodingSpec
+    unit_aliases: dict[str, str]
+    analytes: dict[str, Analyte]
+
+
+class OrderSpec(_Strict):
+    """A draft order a card may suggest (ServiceRequest or CommunicationRequest)."""
+
+    resource_type: Literal["ServiceRequest", "CommunicationRequest"]
+    label: str
+    codes: tuple[CodingSpec, ...] = ()
+    category: CodingSpec | None = None
+    note: str | None = None
+    source: str
+
+
+class OverrideReasonSpec(_Strict):
+    code: str
+    display: str
+    suppress_days: int = Field(ge=0)
+
+
+class Policy(_Strict):
+    """Settings of clinical behaviour that apply to every rule."""
+
+    adult_age_years: int = Field(ge=1)
+    complaint: Condition
+    finding_lookback_days: int = Field(ge=1)
+    override_reasons: tuple[OverrideReasonSpec, ...] = Field(min_length=1)
+    accepted_suppress_days: int = Field(ge=0)
+    critical_override_max_hours: int = Field(ge=0)
+    topics: tuple[CodingSpec, ...] = Field(min_length=1)
+    absent_codes: tuple[CodingSpec, ...] = ()
+    """Observation values and interpretations meaning "symptom not present"."""

@@ -1,0 +1,116 @@
+"""ValueSets from ``fhir_profiles/``, indexed for matching codes and text synonyms.
+
+Each file is validated with fhir.resources (R4B models, the R4-compatible release) once at
+start-up; matching at request time touches only frozensets and one compiled regex per set.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from service.errors import KnowledgeError
+
+TEXT_SYNONYM_URL = "https://sleep-cds.example.org/fhir/StructureDefinition/text-synonym"
+
+CodeKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ValueSetIndex:
+    """An expanded ValueSet reduced to what matching needs."""
+
+    url: str
+    title: str
+    codes: frozenset[CodeKey]
+    displays: dict[CodeKey, str]
+    synonyms: tuple[str, ...]
+    pattern: re.Pattern[str] | None
+
+    def matches(self, codings: Iterable[CodeKey], text: str) -> bool:
+        """Codes first; text synonyms only when no coding matched (see knowledge-format.md)."""
+        codes = self.codes
+        for key in codings:
+            if key in codes:
+                return True
+        return bool(self.pattern is not None and text and self.pattern.search(text))
+
+
+def _synonym_pattern(synonyms: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not synonyms:
+        return None
+    alternatives = "|".join(re.escape(s) for s in sorted(synonyms, key=len, reverse=True))
+    return re.compile(rf"(?<![a-z0-9])(?:{alternatives})(?![a-z0-9])")
+
+
+def _validate_fhir(path: Path, data: dict[str, Any]) -> None:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        model = get_fhir_model_class(str(data.get("resourceType")))
+        model.model_validate(data)
+    except (
+        Exception
+    ) as exc:  # fhir.resources raises KeyError for unknown types, not only ValueError
+        raise KnowledgeError(f"{path.name}: not a valid FHIR R4 resource: {exc}") from exc
+
+
+def load_profiles(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every FHIR artifact in ``directory`` by canonical URL, each validated."""
+    if not directory.is_dir():
+        raise KnowledgeError(f"{directory}: FHIR profiles directory not found")
+    artifacts: dict[str, dict[str, Any]] = {}
+    for path in sorted(directory.glob("*.json")):
+        try:
+            data = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise KnowledgeError(f"{path.name}: invalid JSON: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            raise KnowledgeError(f"{path.name}: field 'url': a canonical URL is required")
+        _validate_fhir(path, data)
+        url = data["url"]
+        if url in artifacts:
+            raise KnowledgeError(f"{path.name}: field 'url': duplicate canonical URL {url}")
+        artifacts[url] = data
+    return artifacts
+
+
+def index_valueset(data: dict[str, Any]) -> ValueSetIndex:
+    contains = (data.get("expansion") or {}).get("contains") or []
+    codes: set[CodeKey] = set()
+    displays: dict[CodeKey, str] = {}
+    for item in contains:
+        key = (str(item.get("system")), str(item.get("code")))
+        codes.add(key)
+        if item.get("display"):
+            displays[key] = str(item["display"])
+    synonyms = tuple(
+        str(ext["valueString"]).lower()
+        for ext in data.get("extension") or []
+        if ext.get("url") == TEXT_SYNONYM_URL and ext.get("valueString")
+    )
+    return ValueSetIndex(
+        url=str(data["url"]),
+        title=str(data.get("title") or data.get("name") or data["url"]),
+        codes=frozenset(codes),
+        displays=displays,
+        synonyms=synonyms,
+        pattern=_synonym_pattern(synonyms),
+    )
+
+
+def index_valuesets(artifacts: dict[str, dict[str, Any]]) -> dict[str, ValueSetIndex]:
+    indexed: dict[str, ValueSetIndex] = {}
+    for url, data in artifacts.items():
+        if data.get("resourceType") != "ValueSet":
+            continue
+        index = index_valueset(data)
+        if not index.codes and not index.synonyms:
+            raise KnowledgeError(f"ValueSet {url}: field 'expansion.contains': empty expansion")
+        indexed[url] = index
+    return indexed

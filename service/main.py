@@ -1,0 +1,103 @@
+"""The ASGI application, built by ``create_app``; ``service.main:app`` is what servers import.
+
+Everything expensive (knowledge, value sets, the database engine, the FHIR client) is built once
+here, never per request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from service import logging as service_logging
+from service.api import problems
+from service.api.middleware import RequestGuard
+from service.api.routes import router
+from service.cdshooks.discovery import discovery_document
+from service.config import Settings, get_settings
+from service.db.database import Database
+from service.engine.pipeline import Fetcher, HookPipeline
+from service.knowledge.base import load_knowledge
+
+log = logging.getLogger("service")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Callable[[], datetime] = _utc_now,
+    fetcher: Fetcher | None = None,
+    configure_logging: bool = True,
+) -> FastAPI:
+    """Build the service. Raises ``KnowledgeError`` when a knowledge file is invalid."""
+    settings = settings or get_settings()
+    if configure_logging:
+        service_logging.configure(settings.log_level)
+    kb = load_knowledge(settings.fhir_profiles_dir, settings.knowledge_dir)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        http_client: Any = None
+        if app.state.pipeline.fetcher is None:
+            from service.fhir.client import FhirClient, make_http_client
+
+            http_client = make_http_client()
+            app.state.pipeline.fetcher = FhirClient(
+                http_client,
+                page_cap=settings.fhir_page_cap,
+                max_response_bytes=settings.fhir_max_response_bytes,
+            )
+        mode = "local (authentication off)" if settings.local_mode else "authenticated"
+        log.info(
+            "service ready", extra={"mode": mode, "host": settings.host, "port": settings.port}
+        )
+        try:
+            yield
+        finally:
+            if http_client is not None:
+                await http_client.aclose()
+            await app.state.db.dispose()
+
+    app = FastAPI(
+        title="Sleep Movement CDS",
+        version="0.1.0",
+        description="CDS Hooks 2.0 service for sleep-related leg movements.",
+        lifespan=lifespan,
+        docs_url="/docs" if settings.local_mode else None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.kb = kb
+    app.state.clock = clock
+    app.state.db = Database(settings.database_url)
+    app.state.pipeline = HookPipeline(kb, fetcher, deadline_s=settings.fhir_deadline_s)
+    app.state.discovery = discovery_document(kb)
+    problems.install(app)
+    app.include_router(router)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type"],
+        max_age=600,
+    )
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # ``service.main:app`` is built on first access, so importing this module (tests, tools)
+    # does not read the environment or the knowledge files.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)
