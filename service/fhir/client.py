@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import orjson
 
-__all__ = ["FetchResult", "FhirClient", "make_http_client"]
+__all__ = ["FetchResult", "FhirClient", "is_read_query", "make_http_client"]
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return (url.scheme, url.host, url.port or default)
 
 
-def _is_read(query: str) -> bool:
+def is_read_query(query: str) -> bool:
+    """``Type/id`` (or a vread): a 404 then means "no such resource", not a fault."""
     return _READ_RE.match(query) is not None
 
 
@@ -130,7 +131,7 @@ class FhirClient:
         deadline = asyncio.get_running_loop().time() + max(0.0, deadline_s)
         results = await asyncio.gather(
             *(
-                self._run_one(key, url, _is_read(queries[key]), base, headers, deadline)
+                self._run_one(key, url, is_read_query(queries[key]), base, headers, deadline)
                 for key, url in urls.items()
             )
         )
