@@ -1,14 +1,14 @@
 """The service's error tree. Only ``service.api`` maps these to HTTP.
 
-    CDSError
-    ├── InvalidRequest          400  malformed JSON or a request the spec forbids
-    │   └── ForbiddenFhirServer 400  fhirServer not allowed for this issuer
-    ├── UnknownService          404
-    ├── PayloadTooLarge         413
-    ├── PrefetchUnavailable     412  data the rules need could not be obtained
-    ├── AuthenticationFailed    401  the caller's JWT was refused
-    ├── StorageUnavailable      503  the database could not store what must be stored
-    └── KnowledgeError              a rule or value set is invalid; the service refuses to start
+CDSError
+├── InvalidRequest          400  malformed JSON or a request the spec forbids
+│   └── ForbiddenFhirServer 400  fhirServer not allowed for this issuer
+├── UnknownService          404
+├── PayloadTooLarge         413
+├── PrefetchUnavailable     412  data the rules need could not be obtained
+├── AuthenticationFailed    401  the caller's JWT was refused
+├── StorageUnavailable      503  the database could not store what must be stored
+└── KnowledgeError              a rule or value set is invalid; the service refuses to start
 """
 
 from __future__ import annotations
