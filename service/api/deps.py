@@ -25,8 +25,19 @@ def settings_of(request: Request) -> Settings:
 
 
 async def authenticate(request: Request) -> Caller | None:  # SECURITY-HOOK
-    """Verify the caller's JWT (CDS Hooks 2.0 §Trusting CDS Clients); None in local mode."""
-    return None
+    """Verify the caller's JWT (CDS Hooks 2.0 §Trusting CDS Clients); None in local mode.
+
+    Every endpoint that depends on this (discovery, hooks, feedback) is checked. A refusal raises
+    ``AuthenticationFailed``; the error handler answers 401 and logs only the reason.
+    """
+    from service.security import token_verifier_for  # local: keeps this stub's edit self-contained
+
+    if settings_of(request).local_mode:
+        return None
+    verified = await token_verifier_for(request.app.state).verify(
+        request.headers.get("authorization"), request.url.path
+    )
+    return Caller(iss=verified.iss, jti=verified.jti, issuer=verified.issuer)
 
 
 def check_fhir_server(url: str | None, caller: Caller | None, settings: Settings) -> None:

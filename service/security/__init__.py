@@ -11,7 +11,9 @@ from service.security.replay import MemoryReplayStore, ReplayStore, SqlReplaySto
 from service.security.startup import (
     LOCAL_MODE_WARNING,
     assert_safe_startup,
+    close_token_verifier,
     create_token_verifier,
+    token_verifier_for,
 )
 from service.security.tokens import TokenVerifier, VerifiedCaller, bearer_token
 
@@ -33,5 +35,7 @@ __all__ = [
     "assert_safe_startup",
     "bearer_token",
     "check_fhir_server",
+    "close_token_verifier",
     "create_token_verifier",
+    "token_verifier_for",
 ]

@@ -8,6 +8,7 @@ reachable from another machine, including through a reverse proxy on the same ho
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -71,3 +72,34 @@ def create_token_verifier(
         SqlReplayStore(database),
         settings.public_base_url,
     )
+
+
+def token_verifier_for(state: Any) -> TokenVerifier:
+    """The app's verifier, built on first use from ``state.settings`` and ``state.db``.
+
+    Synchronous on purpose: with no ``await`` inside, two first requests cannot both build one.
+    Callers check ``settings.local_mode`` first; reaching here in local mode is a bug.
+    """
+    verifier: TokenVerifier | None = getattr(state, "token_verifier", None)
+    if verifier is not None:
+        return verifier
+    settings: Settings = state.settings
+    registry = assert_safe_startup(settings)
+    if registry is None:
+        raise ConfigurationError("token verifier requested in local mode")
+    client = httpx.AsyncClient(follow_redirects=False)
+    verifier = TokenVerifier(
+        registry, JwksCache(client), SqlReplayStore(state.db), settings.public_base_url
+    )
+    state.security_http_client = client
+    state.token_verifier = verifier
+    return verifier
+
+
+async def close_token_verifier(state: Any) -> None:
+    """Close the JWKS HTTP client made by ``token_verifier_for`` (call from the app lifespan)."""
+    client: httpx.AsyncClient | None = getattr(state, "security_http_client", None)
+    if client is not None:
+        state.security_http_client = None
+        state.token_verifier = None
+        await client.aclose()
