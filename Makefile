@@ -28,7 +28,7 @@ install: $(VENV)/.installed ## create .venv and install the service
 install-test: $(VENV)/.installed-test ## create .venv with the test extras
 
 migrate: install ## apply database migrations (CDS_DATABASE_URL, default ./var/cds.db)
-	$(BIN)/alembic upgrade head
+	$(BIN)/sleep-cds migrate
 
 run: migrate ## serve on http://127.0.0.1:$(CDS_PORT)
 	@echo "Discovery: http://127.0.0.1:$(CDS_PORT)/cds-services"

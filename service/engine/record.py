@@ -227,6 +227,9 @@ class RecordReader:
                 continue  # the same resource from two prefetch keys counts once
             if ref:
                 seen.add(ref)
+            if not self._about_patient(resource, record.patient_id):
+                record.skipped += 1  # another patient's data must never reach this patient's cards
+                continue
             try:
                 kind = resource.get("resourceType")
                 if kind == "Observation":
@@ -257,6 +260,16 @@ class RecordReader:
             results.sort(key=lambda lab: lab.when, reverse=True)
         record.nights.sort(key=lambda night: night.night, reverse=True)
         return record
+
+    @staticmethod
+    def _about_patient(resource: dict[str, Any], patient_id: str) -> bool:
+        """False when the resource's subject/patient names a different Patient."""
+        for key in ("subject", "patient"):
+            reference = resource.get(key)
+            target = reference.get("reference") if isinstance(reference, dict) else None
+            if isinstance(target, str) and "Patient/" in target:
+                return target.rstrip("/").rsplit("Patient/", 1)[1].split("/")[0] == patient_id
+        return True
 
     # Patient ---------------------------------------------------------------------------------
 
