@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -87,7 +88,7 @@ class SandboxError(Exception):
 # --- SEKMET venv and process -------------------------------------------------------------------
 
 
-def ensure_sekmet_venv(repo_root: Path = REPO_ROOT, python: str = "python3.11") -> Path:
+def ensure_sekmet_venv(repo_root: Path = REPO_ROOT, python: str | None = None) -> Path:
     """Create ``.venv-fhir`` with the pinned SEKMET if missing; return that venv's python.
 
     A marker file is written only after a successful install, so an interrupted install is
@@ -103,6 +104,7 @@ def ensure_sekmet_venv(repo_root: Path = REPO_ROOT, python: str = "python3.11") 
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (marker.exists() and exe.exists()):
+            python = python or shutil.which("python3.11") or sys.executable
             steps = [
                 [python, "-m", "venv", str(venv)],
                 [str(venv / "bin" / "pip"), "install", "--quiet", f"sekmet-fhir=={SEKMET_VERSION}"],
@@ -252,7 +254,8 @@ def _outcome_text(response: httpx.Response) -> str:
     return ""
 
 
-def _shift_dates(node: Any, days: int) -> Any:
+def shift_dates(node: Any, days: int) -> Any:
+    """Move clinical event dates (``_SHIFTED_KEYS``) by ``days``; ``birthDate`` never moves."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():
@@ -260,10 +263,10 @@ def _shift_dates(node: Any, days: int) -> Any:
                 day = dt.date.fromisoformat(m.group(1)) + dt.timedelta(days=days)
                 out[key] = day.isoformat() + m.group(2)
             else:
-                out[key] = _shift_dates(value, days)
+                out[key] = shift_dates(value, days)
         return out
     if isinstance(node, list):
-        return [_shift_dates(item, days) for item in node]
+        return [shift_dates(item, days) for item in node]
     return node
 
 
@@ -296,7 +299,7 @@ def load_bundles(
             if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
                 raise SandboxError(f"{path}: not a FHIR resource (no resourceType)")
             if shift_days:
-                doc = _shift_dates(doc, shift_days)
+                doc = shift_dates(doc, shift_days)
             rtype = doc["resourceType"]
             if rtype == "Bundle" and doc.get("type") in ("transaction", "batch"):
                 method, url = "POST", base
@@ -359,6 +362,8 @@ def main() -> int:
         stop["now"] = True
 
     signal.signal(signal.SIGTERM, _on_signal)
+    # Ctrl-C must work even when started from a shell that ignores SIGINT for background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         print(f"sandbox: preparing {SEKMET_VENV} (sekmet-fhir=={SEKMET_VERSION}) ...", flush=True)
         ensure_sekmet_venv(REPO_ROOT)

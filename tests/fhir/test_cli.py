@@ -7,7 +7,12 @@ factory ``service.main:create_app`` exists, one test also runs the CLI against i
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -22,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from service.cli_hooks import CliError, build_context, main, read_drafts, render_template
-from service.sandbox import demo_patient_files, demo_shift_days
+from service.sandbox import demo_patient_files, demo_shift_days, shift_dates
 from tests.fixtures.bad_fhir import closed_port_url
 from tests.fixtures.fhir_server import TEST_BEARER, load_bundles
 
@@ -370,3 +375,60 @@ def test_against_the_real_service(
     assert code == 0, err
     assert "(patient-view): HTTP 200" in out
     assert "ferritin 40 ng/ml" in out.lower()
+
+
+def test_demo_dates_shift_but_birth_date_does_not() -> None:
+    doc = {
+        "resourceType": "Bundle",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "effectiveDateTime": "2026-11-10T08:30:00Z",
+                    "issued": "2026-11-10",
+                }
+            },
+            {"resource": {"resourceType": "Patient", "birthDate": "1968-04-12"}},
+        ],
+    }
+    shifted = shift_dates(doc, 30)
+    assert shifted["entry"][0]["resource"]["effectiveDateTime"] == "2026-12-10T08:30:00Z"
+    assert shifted["entry"][0]["resource"]["issued"] == "2026-12-10"
+    assert shifted["entry"][1]["resource"]["birthDate"] == "1968-04-12"
+    assert demo_shift_days(dt.date(2026, 12, 25)) == 30
+
+
+@pytest.mark.integration
+def test_sandbox_command_starts_serves_and_stops(tmp_path: Path) -> None:
+    """``python -m service.sandbox``: banner, a working CLI example, Ctrl-C stops both servers."""
+    fhir_port, cds_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    env |= {"CDS_SANDBOX_FHIR_PORT": str(fhir_port), "CDS_PORT": str(cds_port)}
+    log = tmp_path / "sandbox.out"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.sandbox"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    try:
+        give_up = time.monotonic() + 90
+        while "Ctrl-C stops" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < give_up, log.read_text()
+            time.sleep(0.2)
+        fhir = f"http://127.0.0.1:{fhir_port}/fhir"
+        service = f"http://127.0.0.1:{cds_port}"
+        assert f"--fhir-server {fhir} --service {service}" in log.read_text()
+        argv = ["hook", "patient-view", "--patient", "demo-01", "--fhir-server", fhir]
+        assert main([*argv, "--service", service, "--json"]) == 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    assert "sandbox: stopped" in log.read_text()
+    for port in (fhir_port, cds_port):
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
