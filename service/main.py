@@ -24,6 +24,7 @@ from service.config import Settings, get_settings
 from service.db.database import Database
 from service.engine.pipeline import Fetcher, HookPipeline
 from service.knowledge.base import load_knowledge
+from service.security import assert_safe_startup, close_token_verifier, token_verifier_for
 
 log = logging.getLogger("service")
 
@@ -43,6 +44,7 @@ def create_app(
     settings = settings or get_settings()
     if configure_logging:
         service_logging.configure(settings.log_level)
+    assert_safe_startup(settings)
     kb = load_knowledge(settings.fhir_profiles_dir, settings.knowledge_dir)
 
     @asynccontextmanager
@@ -57,6 +59,8 @@ def create_app(
                 page_cap=settings.fhir_page_cap,
                 max_response_bytes=settings.fhir_max_response_bytes,
             )
+        if not settings.local_mode:
+            token_verifier_for(app.state)  # build (and load the registry) now, not on first call
         mode = "local (authentication off)" if settings.local_mode else "authenticated"
         log.info(
             "service ready", extra={"mode": mode, "host": settings.host, "port": settings.port}
@@ -66,6 +70,7 @@ def create_app(
         finally:
             if http_client is not None:
                 await http_client.aclose()
+            await close_token_verifier(app.state)
             await app.state.db.dispose()
 
     app = FastAPI(

@@ -7,7 +7,9 @@ from typing import Any
 
 from fastapi import Request
 
+from service import security
 from service.config import Settings
+from service.logging import bind
 
 
 @dataclass(frozen=True)
@@ -24,22 +26,21 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
-async def authenticate(request: Request) -> Caller | None:  # SECURITY-HOOK
+async def authenticate(request: Request) -> Caller | None:
     """Verify the caller's JWT (CDS Hooks 2.0 §Trusting CDS Clients); None in local mode.
 
     Every endpoint that depends on this (discovery, hooks, feedback) is checked. A refusal raises
     ``AuthenticationFailed``; the error handler answers 401 and logs only the reason.
     """
-    from service.security import token_verifier_for  # local: keeps this stub's edit self-contained
-
     if settings_of(request).local_mode:
         return None
-    verified = await token_verifier_for(request.app.state).verify(
+    verified = await security.token_verifier_for(request.app.state).verify(
         request.headers.get("authorization"), request.url.path
     )
+    bind(iss=verified.iss, jti=verified.jti)
     return Caller(iss=verified.iss, jti=verified.jti, issuer=verified.issuer)
 
 
-def check_fhir_server(url: str | None, caller: Caller | None, settings: Settings) -> None:
-    """Refuse a fhirServer the caller may not send (replaced by the security package)."""
-    return None
+def check_fhir_server(url: str | None, caller: Caller | None) -> None:
+    """Refuse, before any connection, a fhirServer the caller may not send its token to."""
+    security.check_fhir_server(url, caller)

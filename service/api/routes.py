@@ -112,7 +112,7 @@ async def _run(
     body = validate(models.HookRequest, data)
     bind(hook_instance=body.hookInstance, service_id=spec.id, hook=spec.hook)
     call = _hook_call(spec, body)
-    check_fhir_server(call.fhir_server, caller, settings)
+    check_fhir_server(call.fhir_server, caller)
     pipeline: HookPipeline = request.app.state.pipeline
     as_of = request.app.state.clock().date()
     result = await pipeline.run(call, as_of, explain=explain)

@@ -126,18 +126,12 @@ def test_refusals_are_identical_401s_and_the_reason_is_only_logged(
     assert b"Authentication failed" in bodies.pop()
 
 
-@pytest.mark.xfail(
-    reason="service/api/deps.py check_fhir_server is still a stub: it must call "
-    "service.security.check_fhir_server(url, caller); drop this marker once it does",
-    strict=False,  # so wiring it does not break the suite before the marker is removed
-)
 def test_unregistered_fhir_server_is_refused_for_an_authenticated_caller(
     auth_client: TestClient, key: Any, fetcher: NoNetwork
 ) -> None:
     response = auth_client.get("/cds-services", headers=bearer(token(key, "/cds-services")))
     services = [s for s in response.json()["services"] if s["hook"] == "patient-view"]
-    if not services:
-        pytest.skip("no patient-view service in the knowledge base")
+    assert services
     path = f"/cds-services/{services[0]['id']}"
     body = {
         "hook": "patient-view",
