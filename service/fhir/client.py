@@ -30,6 +30,7 @@ FHIR_JSON = "application/fhir+json"
 # "Type/id" or "Type/id/_history/vid": a read, whose 404/410 means "no such resource", not a fault.
 _READ_RE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}(/_history/[A-Za-z0-9\-.]{1,64})?$")
 _REFERENCE_RE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
+_TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
 
 
 class _Fail(Exception):
@@ -119,9 +120,12 @@ class FhirClient:
 
         ``queries`` maps a key (e.g. a prefetch key) to a relative FHIR URL such as
         ``Observation?patient=1&code=http://loinc.org|2276-4`` or ``Patient/1``. Raises only
-        ``ValueError`` for an invalid base URL or an absolute query (programming errors).
+        ``ValueError``, for an invalid base URL, an absolute query, or a token that cannot be a
+        header value (control or non-ASCII characters): the caller validates those first.
         """
         base = self._base(base_url)
+        if token is not None and not _TOKEN_RE.match(token):
+            raise ValueError("bearer token must be visible ASCII (RFC 6750)")
         urls = {key: self._join(base, query) for key, query in queries.items()}
         if not urls:
             return {}
@@ -170,6 +174,8 @@ class FhirClient:
             raise ValueError("invalid FHIR base URL") from exc
         if base.scheme not in ("http", "https") or not base.host:
             raise ValueError("FHIR base URL must be an absolute http(s) URL")
+        if base.userinfo:
+            raise ValueError("FHIR base URL must not carry credentials")
         return base
 
     @staticmethod

@@ -169,6 +169,11 @@ async def test_invalid_inputs_are_programming_errors() -> None:
         await client.search_many("http://h/fhir", {"a": "http://other/Patient/1"}, None, 1.0)
     with pytest.raises(ValueError):
         FhirClient(httpx.AsyncClient(), page_cap=0, max_response_bytes=1)
+    with pytest.raises(ValueError):
+        await client.search_many("http://u:p@h/fhir", {"a": "Patient/1"}, None, 1.0)
+    for token in ("a\nb", "caf\u00e9", "two words"):
+        with pytest.raises(ValueError):
+            await client.search_many("http://h/fhir", {"a": "Patient/1"}, token, 1.0)
     assert await client.search_many("http://h/fhir", {}, None, 1.0) == {}
 
 
