@@ -35,6 +35,7 @@ ALLOWED_FIELDS = frozenset(
         "outcome",
         "reason",
         "cards",
+        "suppressed",
         "card_topics",
         "fetches",
         "skipped_resources",

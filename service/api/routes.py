@@ -16,7 +16,9 @@ from service.api.jsonbody import parse_json, validate
 from service.cdshooks import models
 from service.cdshooks.discovery import ServiceSpec, service_by_id
 from service.db import repository
+from service.engine.cards import CardMeta
 from service.engine.pipeline import HookCall, HookPipeline, HookResult
+from service.engine.suppression import PriorFeedback, is_suppressed
 from service.errors import InvalidRequest, StorageUnavailable, UnknownService
 from service.logging import bind
 
@@ -134,6 +136,7 @@ async def call_service(
 ) -> Response:
     started = time.perf_counter()
     spec, call, body, result = await _run(request, service_id, caller, explain=False)
+    result.cards, result.metas = await _without_suppressed(request, call.patient_id, result)
     cards = result.cards
     latency = (time.perf_counter() - started) * 1000
     bind(
@@ -145,6 +148,37 @@ async def call_service(
     )
     background.add_task(_audit, request, spec, body.hookInstance, call.patient_id, latency, result)
     return _json({"cards": cards})
+
+
+async def _without_suppressed(
+    request: Request, patient_id: str, result: HookResult
+) -> tuple[list[dict[str, Any]], list[CardMeta]]:
+    """Drop cards the clinician already overrode or accepted with the same evidence.
+
+    A failure to read feedback never hides a card: the card is shown (fail open).
+    """
+    if not result.cards:
+        return result.cards, result.metas
+    try:
+        history = await repository.feedback_by_card_key(
+            request.app.state.db, patient_id, [m.key for m in result.metas]
+        )
+    except Exception as exc:
+        log.warning(
+            "suppression skipped: database unavailable",
+            extra={"error_type": type(exc).__name__, "outcome": "suppression-skipped"},
+        )
+        return result.cards, result.metas
+    now = request.app.state.clock()
+    policy = request.app.state.kb.policy
+    kept: list[tuple[dict[str, Any], CardMeta]] = []
+    for card, meta in zip(result.cards, result.metas, strict=True):
+        prior = [PriorFeedback(*row) for row in history.get(meta.key, [])]
+        if not is_suppressed(policy, meta.indicator, prior, now):
+            kept.append((card, meta))
+    if len(kept) < len(result.cards):
+        bind(suppressed=len(result.cards) - len(kept))
+    return [card for card, _ in kept], [meta for _, meta in kept]
 
 
 async def _audit(
@@ -164,7 +198,7 @@ async def _audit(
             service_id=spec.id,
             hook=spec.hook,
             patient_id=patient_id,
-            called_at=datetime.now(UTC),
+            called_at=request.app.state.clock(),
             latency_ms=latency_ms,
             cards=[
                 repository.CardRecord(m.uuid, m.key, m.topic, m.indicator, ",".join(m.rules))

@@ -136,3 +136,26 @@ async def feedback_count(db: Database) -> int:
     async with db.sessions() as session:
         rows = await session.execute(select(FeedbackItem.id))
         return len(rows.all())
+
+
+async def feedback_by_card_key(
+    db: Database, patient_id: str, keys: Sequence[str]
+) -> dict[str, list[tuple[str, datetime, str | None]]]:
+    """Feedback on earlier cards of this patient with these keys: key → (outcome, when, reason)."""
+    if not keys:
+        return {}
+    statement = (
+        select(
+            CardShown.card_key,
+            FeedbackItem.outcome,
+            FeedbackItem.outcome_at,
+            FeedbackItem.override_reason_code,
+        )
+        .join(FeedbackItem, FeedbackItem.card_uuid == CardShown.uuid)
+        .where(CardShown.patient_id == patient_id, CardShown.card_key.in_(list(keys)))
+    )
+    found: dict[str, list[tuple[str, datetime, str | None]]] = {}
+    async with db.sessions() as session:
+        for key, outcome, outcome_at, reason in (await session.execute(statement)).all():
+            found.setdefault(key, []).append((outcome, outcome_at, reason))
+    return found

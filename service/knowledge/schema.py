@@ -340,6 +340,8 @@ class Policy(_Strict):
     complaint: Condition
     finding_lookback_days: int = Field(ge=1)
     override_reasons: tuple[OverrideReasonSpec, ...] = Field(min_length=1)
+    unknown_reason_suppress_days: int = Field(ge=0)
+    """Window for an override whose reason is not one of ours (EHRs may add their own)."""
     accepted_suppress_days: int = Field(ge=0)
     critical_override_max_hours: int = Field(ge=0)
     topics: tuple[CodingSpec, ...] = Field(min_length=1)

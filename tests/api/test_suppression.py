@@ -1,0 +1,203 @@
+"""Alert-fatigue control: overrides and acceptances hide the same card; new evidence shows it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from tests.conftest import FrozenClock
+
+PV = "/cds-services/sleep-movement-patient-view"
+LOCAL = "https://sleep-cds.example.org/fhir/CodeSystem/sleep-cds"
+ACTIVE = {
+    "coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
+    ]
+}
+
+
+def condition(cid: str, code: str, onset: str | None = None) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Condition",
+        "id": cid,
+        "clinicalStatus": ACTIVE,
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": code}]},
+        "subject": {"reference": "Patient/p1"},
+    }
+    if onset:
+        resource["onsetDateTime"] = onset
+    return resource
+
+
+def ferritin(oid: str, value: float, when: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2276-4"}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": when,
+        "valueQuantity": {
+            "value": value,
+            "unit": "ng/mL",
+            "system": "http://unitsofmeasure.org",
+            "code": "ng/mL",
+        },
+    }
+
+
+def call(
+    client: TestClient, conditions: list[dict[str, Any]], labs: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    prefetch: dict[str, Any] = {
+        "patient": {"resourceType": "Patient", "id": "p1", "birthDate": "1970-01-01"},
+        "conditions": {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": c} for c in conditions],
+        },
+        "observations": {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": o} for o in labs],
+        },
+        "symptoms": None,
+        "medicationRequests": None,
+        "medicationStatements": None,
+        "journal": None,
+    }
+    body = {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"patientId": "p1", "userId": "Practitioner/u1"},
+        "prefetch": prefetch,
+    }
+    response = client.post(PV, json=body)
+    assert response.status_code == 200, response.text
+    cards: list[dict[str, Any]] = response.json()["cards"]
+    return cards
+
+
+def topic(cards: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    return next((c for c in cards if c["source"]["topic"]["code"] == name), None)
+
+
+def override(client: TestClient, card: dict[str, Any], reason: str, clock: FrozenClock) -> None:
+    item = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {"reason": {"system": LOCAL, "code": reason}},
+        "outcomeTimestamp": clock.now.isoformat(),
+    }
+    assert client.post(f"{PV}/feedback", json={"feedback": [item]}).status_code == 200
+
+
+def accept(client: TestClient, card: dict[str, Any], clock: FrozenClock) -> None:
+    item = {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+        "outcomeTimestamp": clock.now.isoformat(),
+    }
+    assert client.post(f"{PV}/feedback", json={"feedback": [item]}).status_code == 200
+
+
+RLS = condition("rls", "32914008")
+LOW = ferritin("f1", 40, "2026-11-01")
+
+
+def test_override_hides_the_card_until_the_window_ends(
+    app_factory: Callable[..., FastAPI], database_url: str, clock: FrozenClock
+) -> None:
+    with TestClient(app_factory(database_url)) as client:
+        card = topic(call(client, [RLS], [LOW]), "lab-check")
+        assert card is not None
+        override(client, card, "already-addressed", clock)  # 30 days in policy.yaml
+        assert topic(call(client, [RLS], [LOW]), "lab-check") is None
+        # Other topics are unaffected by an override of the lab card.
+        assert topic(call(client, [RLS], [LOW]), "sleep-study-referral") is None  # never shown
+        clock.now += timedelta(days=29)
+        assert topic(call(client, [RLS], [LOW]), "lab-check") is None
+        clock.now += timedelta(days=2)
+        assert topic(call(client, [RLS], [LOW]), "lab-check") is not None
+
+
+def test_new_evidence_brings_the_card_back_at_once(
+    app_factory: Callable[..., FastAPI], database_url: str, clock: FrozenClock
+) -> None:
+    with TestClient(app_factory(database_url)) as client:
+        card = topic(call(client, [RLS], [LOW]), "lab-check")
+        assert card is not None
+        override(client, card, "patient-declined", clock)
+        assert topic(call(client, [RLS], [LOW]), "lab-check") is None
+        newer = ferritin("f2", 22, "2026-11-20")
+        assert topic(call(client, [RLS], [LOW, newer]), "lab-check") is not None
+
+
+def test_acceptance_hides_the_card_while_the_action_is_pending(
+    app_factory: Callable[..., FastAPI], database_url: str, clock: FrozenClock
+) -> None:
+    with TestClient(app_factory(database_url)) as client:
+        card = topic(call(client, [RLS], [LOW]), "lab-check")
+        assert card is not None and card["suggestions"]
+        accept(client, card, clock)
+        assert topic(call(client, [RLS], [LOW]), "lab-check") is None
+        # The ordered lab results: the evidence changes, so advice based on it shows again.
+        resulted = ferritin("f3", 35, "2026-11-24")
+        assert topic(call(client, [RLS], [LOW, resulted]), "lab-check") is not None
+        clock.now += timedelta(days=91)  # accepted_suppress_days: 90
+        assert topic(call(client, [RLS], [LOW]), "lab-check") is not None
+
+
+def test_critical_card_is_never_hidden_by_an_override_older_than_a_day(
+    app_factory: Callable[..., FastAPI], clock: FrozenClock
+) -> None:
+    weakness = condition("weak", "26544005", onset="2026-11-24")
+    with TestClient(app_factory()) as client:
+        card = topic(call(client, [RLS, weakness], []), "neurology-referral")
+        assert card is not None and card["indicator"] == "critical"
+        override(client, card, "not-clinically-relevant", clock)  # 365 days for other cards
+        assert topic(call(client, [RLS, weakness], []), "neurology-referral") is None
+        clock.now += timedelta(hours=25)
+        assert topic(call(client, [RLS, weakness], []), "neurology-referral") is not None
+
+
+def test_two_instances_sharing_a_database_agree(
+    app_factory: Callable[..., FastAPI], database_url: str, clock: FrozenClock
+) -> None:
+    with (
+        TestClient(app_factory(database_url)) as first,
+        TestClient(app_factory(database_url)) as second,
+    ):
+        card = topic(call(first, [RLS], [LOW]), "lab-check")
+        assert card is not None
+        override(second, card, "will-reassess", clock)
+        assert topic(call(first, [RLS], [LOW]), "lab-check") is None
+        assert topic(call(second, [RLS], [LOW]), "lab-check") is None
+
+
+def test_suppression_fails_open_when_feedback_cannot_be_read(
+    app_factory: Callable[..., FastAPI], clock: FrozenClock
+) -> None:
+    with TestClient(app_factory()) as client:
+        card = topic(call(client, [RLS], [LOW]), "lab-check")
+        assert card is not None
+        override(client, card, "already-addressed", clock)
+        assert topic(call(client, [RLS], [LOW]), "lab-check") is None
+
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("database down")
+
+        from service.db import repository
+
+        original = repository.feedback_by_card_key
+        repository.feedback_by_card_key = broken  # type: ignore[assignment]
+        try:
+            assert topic(call(client, [RLS], [LOW]), "lab-check") is not None
+        finally:
+            repository.feedback_by_card_key = original  # type: ignore[assignment]
