@@ -34,6 +34,9 @@ run: migrate ## serve on http://127.0.0.1:$(CDS_PORT)
 	@echo "Discovery: http://127.0.0.1:$(CDS_PORT)/cds-services"
 	$(BIN)/sleep-cds serve
 
+sandbox: install ## a real FHIR server with the demo patients, plus this service (Ctrl-C stops both)
+	$(BIN)/python -m service.sandbox
+
 test: install-test ## run the whole test suite
 	$(BIN)/python -m pytest
 

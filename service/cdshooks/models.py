@@ -26,6 +26,14 @@ class FhirAuthorization(_Lenient):
     subject: str | None = None
     patient: str | None = None
 
+    @field_validator("access_token")
+    @classmethod
+    def _header_safe(cls, value: str) -> str:
+        # The token becomes an HTTP header value; refuse what could split or corrupt a header.
+        if not value.isascii() or not value.isprintable():
+            raise ValueError("access_token must be printable ASCII")
+        return value
+
     @field_validator("token_type")
     @classmethod
     def _bearer(cls, value: str) -> str:
