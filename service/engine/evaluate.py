@@ -335,8 +335,9 @@ class Evaluator:
             for m in self.record.medications
             if m.started is not None and drugs.matches(m.concept.codings, m.concept.text)
         ]
+        onset = min(findings, key=lambda f: f.when or self.record.as_of, default=None)
         for med in meds:
-            for finding in findings:
+            for finding in [onset] if onset is not None else []:
                 assert med.started is not None and finding.when is not None
                 gap = (finding.when - med.started).days
                 if 0 <= gap <= spec.max_days:
@@ -403,7 +404,9 @@ class Evaluator:
         detail = f"{len(hits)} of {len(window)} nights in the last {spec.within_days} days"
         result = self._result(label, value, detail)
         if value:
-            text = f"Sleep journal: {spec.item} on {detail}"
+            item = self.kb.journal_labels.get(spec.item, spec.item)
+            answer = "" if spec.value is True else f" {spec.op} {spec.value}"
+            text = f"Sleep journal: {item}{answer} on {detail}"
             result.evidence = [
                 Evidence(
                     "journal",

@@ -256,6 +256,7 @@ class RecordReader:
                 self._draft(record, resource, selections)
             except (TypeError, ValueError, AttributeError, KeyError, IndexError):
                 record.skipped += 1
+        self._derive(record)
         for results in record.labs.values():
             results.sort(key=lambda lab: lab.when, reverse=True)
         record.nights.sort(key=lambda night: night.night, reverse=True)
@@ -270,6 +271,36 @@ class RecordReader:
             if isinstance(target, str) and "Patient/" in target:
                 return target.rstrip("/").rsplit("Patient/", 1)[1].split("/")[0] == patient_id
         return True
+
+    def _derive(self, record: PatientRecord) -> None:
+        """Compute a value the lab did not report (TSAT from iron and TIBC on the same day)."""
+        for name, analyte in self.kb.analytes.items():
+            spec = analyte.derived
+            if spec is None:
+                continue
+            reported = {lab.when for lab in record.labs.get(name, [])}
+            denominators = {lab.when: lab for lab in record.labs.get(spec.denominator, [])}
+            for top in record.labs.get(spec.numerator, []):
+                bottom = denominators.get(top.when)
+                if top.when in reported or bottom is None or bottom.value <= 0:
+                    continue
+                value = top.value / bottom.value * spec.factor
+                record.labs.setdefault(name, []).append(
+                    LabResult(
+                        analyte=name,
+                        ref=top.ref,
+                        value=value,
+                        unit=analyte.unit,
+                        raw_value=value,
+                        raw_unit=analyte.unit,
+                        when=top.when,
+                        interpretation=frozenset(),
+                        ref_low=None,
+                        ref_high=None,
+                        label=f"{analyte.display} (calculated)",
+                    )
+                )
+                reported.add(top.when)
 
     # Patient ---------------------------------------------------------------------------------
 
@@ -513,7 +544,8 @@ class RecordReader:
         items = self.kb.journal_items
         for link_id, value in answers.items():
             if link_id in items and self._journal_positive(value):
-                concept = Concept(((CODESYSTEM_URL, link_id),), link_id, link_id)
+                label = self.kb.journal_labels.get(link_id, link_id)
+                concept = Concept(((CODESYSTEM_URL, link_id),), label.lower(), label)
                 record.findings.append(Finding("journal", f"{ref}#{link_id}", concept, night))
 
     @staticmethod

@@ -40,6 +40,8 @@ class KnowledgeBase:
     journal_url: str
     journal_items: dict[str, str]
     """linkId → item type of the sleep-journal Questionnaire."""
+    journal_labels: dict[str, str]
+    """linkId → what the clinician reads (the item code's display)."""
     analyte_by_code: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def rules_for(self, hook: str) -> tuple[schema.Rule, ...]:
@@ -203,15 +205,18 @@ def _check_rule(path: Path, rule: schema.Rule, checker: _Checker, kb: dict[str, 
         raise KnowledgeError(f"{path}: field 'population': paediatric rules need an age condition")
 
 
-def _journal_items(artifacts: dict[str, dict[str, Any]]) -> dict[str, str]:
+def _journal_items(artifacts: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """linkId → (item type, label) of the sleep-journal Questionnaire."""
     questionnaire = artifacts.get(JOURNAL_URL)
     if questionnaire is None:
         raise KnowledgeError(f"fhir_profiles: Questionnaire {JOURNAL_URL} is missing")
-    items: dict[str, str] = {}
+    items: dict[str, tuple[str, str]] = {}
     stack = list(questionnaire.get("item") or [])
     while stack:
         item = stack.pop()
-        items[str(item["linkId"])] = str(item.get("type"))
+        codes = item.get("code") or [{}]
+        label = codes[0].get("display") or item.get("text") or item["linkId"]
+        items[str(item["linkId"])] = (str(item.get("type")), str(label))
         stack.extend(item.get("item") or [])
     return items
 
@@ -219,6 +224,7 @@ def _journal_items(artifacts: dict[str, dict[str, Any]]) -> dict[str, str]:
 def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
     """Load and cross-check everything; raise ``KnowledgeError`` on the first problem."""
     artifacts = load_profiles(profiles_dir)
+    journal = _journal_items(artifacts)
     valuesets = index_valuesets(artifacts)
     analyte_file = _load_yaml(knowledge_dir / "analytes.yaml", schema.AnalyteFile)
     orders_file = knowledge_dir / "orders.yaml"
@@ -228,7 +234,7 @@ def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
         "valuesets": valuesets,
         "analytes": analyte_file.analytes,
         "unit_aliases": analyte_file.unit_aliases,
-        "journal_items": _journal_items(artifacts),
+        "journal_items": {k: t for k, (t, _) in journal.items()},
         "orders": orders,
         "policy": policy,
     }
@@ -243,6 +249,18 @@ def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
                     f"{analyte_by_code[key]}"
                 )
             analyte_by_code[key] = name
+    for name, analyte in analyte_file.analytes.items():
+        if analyte.derived is None:
+            continue
+        where = f"analytes.yaml: field 'analytes.{name}.derived'"
+        for part in (analyte.derived.numerator, analyte.derived.denominator):
+            checker.analyte(where, part)
+        units = {
+            analyte_file.analytes[p].unit
+            for p in (analyte.derived.numerator, analyte.derived.denominator)
+        }
+        if len(units) != 1:
+            raise KnowledgeError(f"{where}: numerator and denominator need the same unit")
     checker.condition("policy.yaml: field 'complaint'", policy.complaint)
     from service.engine.orders import validate_order_templates
 
@@ -270,6 +288,7 @@ def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
         policy=policy,
         journal_url=JOURNAL_URL,
         journal_items=parts["journal_items"],
+        journal_labels={k: label for k, (_, label) in journal.items()},
         analyte_by_code=analyte_by_code,
     )
 

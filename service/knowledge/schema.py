@@ -295,12 +295,22 @@ class CodingSpec(_Strict):
     display: str
 
 
+class DerivedSpec(_Strict):
+    """A value computed when the lab did not report one: numerator / denominator x factor."""
+
+    numerator: str
+    denominator: str
+    factor: float
+    source: str
+
+
 class Analyte(_Strict):
     display: str
     valueset: str
     unit: str
     conversions: dict[str, float] = Field(min_length=1)
     order: CodingSpec | None = None
+    derived: DerivedSpec | None = None
     source: str
 
     @model_validator(mode="after")
