@@ -212,7 +212,8 @@ class Evaluator:
 
     def _lab_text(self, lab: LabResult) -> str:
         analyte = self.kb.analytes[lab.analyte]
-        text = f"{analyte.display} {_fmt(lab.raw_value)} {lab.raw_unit or analyte.unit}"
+        bound = lab.comparator or ""
+        text = f"{analyte.display} {bound}{_fmt(lab.raw_value)} {lab.raw_unit or analyte.unit}"
         if lab.raw_unit and lab.raw_unit != analyte.unit:
             text += f" (= {_fmt(lab.value)} {analyte.unit})"
         text += f" on {lab.when.isoformat()}"
@@ -229,7 +230,7 @@ class Evaluator:
             "value": lab.value,
             "unit": lab.unit,
             "date": lab.when,
-            "raw": f"{_fmt(lab.raw_value)} {lab.raw_unit}".strip(),
+            "raw": f"{lab.comparator or ''}{_fmt(lab.raw_value)} {lab.raw_unit}".strip(),
             "display": self.kb.analytes[lab.analyte].display,
         }
 
@@ -241,17 +242,34 @@ class Evaluator:
             if self._unavailable("observations"):
                 return self._result(label, None, "lab results could not be read")
             return self._result(label, False, f"no result within {spec.within_days} days")
-        if spec.interpretation and lab.interpretation:
-            value = bool(lab.interpretation & set(spec.interpretation))
+        threshold = spec.value * analyte.conversions[spec.unit]
+        flagged = bool(lab.interpretation & set(spec.interpretation))
+        value: Truth
+        if spec.decide == "either" and flagged:
+            value, how = True, "lab interpretation " + ",".join(sorted(lab.interpretation))
+        elif spec.decide == "lab-first" and spec.interpretation and lab.interpretation:
+            value = flagged
             how = "lab interpretation " + ",".join(sorted(lab.interpretation))
-        elif spec.reference_range == "low" and lab.ref_low is not None:
+        elif (
+            spec.decide == "lab-first"
+            and spec.reference_range == "low"
+            and lab.ref_low is not None
+            and lab.comparator is None
+        ):
             value, how = lab.value < lab.ref_low, "below the lab's reference range"
-        elif spec.reference_range == "high" and lab.ref_high is not None:
+        elif (
+            spec.decide == "lab-first"
+            and spec.reference_range == "high"
+            and lab.ref_high is not None
+            and lab.comparator is None
+        ):
             value, how = lab.value > lab.ref_high, "above the lab's reference range"
         else:
-            threshold = spec.value * analyte.conversions[spec.unit]
-            value = COMPARATORS[spec.op](lab.value, threshold)
-            how = f"{_fmt(lab.value)} {analyte.unit} {spec.op} {_fmt(threshold)}"
+            value = _compare(spec.op, lab, threshold)
+            shown = f"{lab.comparator or ''}{_fmt(lab.value)} {analyte.unit}"
+            how = f"{shown} {spec.op} {_fmt(threshold)}"
+        if value is None:
+            return self._result(label, None, f"reported as a bound: {how}")
         result = self._result(label, value, how)
         if value:
             result.evidence = [
@@ -357,9 +375,13 @@ class Evaluator:
 
     def _draft(self, spec: schema.DraftOrderSpec) -> Result:
         valueset = self.kb.valuesets[spec.valueset]
+        exclude = self.kb.valuesets[spec.exclude_valueset] if spec.exclude_valueset else None
         label = f"draft_order {valueset.title}"
         found = [
-            d for d in self.record.drafts if valueset.matches(d.concept.codings, d.concept.text)
+            d
+            for d in self.record.drafts
+            if valueset.matches(d.concept.codings, d.concept.text)
+            and not (exclude and exclude.matches(d.concept.codings, d.concept.text))
         ]
         if not found:
             return self._result(label, False)
@@ -429,6 +451,24 @@ class Evaluator:
         if age is None:
             return self._result(label, None, "no birth date")
         return self._result(label, COMPARATORS[spec.op](age, spec.years), f"age {age}")
+
+
+def _compare(op: str, lab: LabResult, threshold: float) -> Truth:
+    """Compare a result with a threshold; a reported bound ("<10") decides only when it can."""
+    if lab.comparator is None:
+        return COMPARATORS[op](lab.value, threshold)
+    below = lab.comparator in ("<", "<=")
+    if op in ("<", "<="):
+        if below and lab.value <= threshold:
+            return True  # the true value is under the bound, which is within the threshold
+        if not below and lab.value >= threshold:
+            return False
+    elif op in (">", ">="):
+        if not below and lab.value >= threshold:
+            return True
+        if below and lab.value <= threshold:
+            return False
+    return None
 
 
 def _word(value: Truth) -> str:

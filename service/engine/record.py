@@ -65,6 +65,8 @@ class LabResult:
     ref_low: float | None
     ref_high: float | None
     label: str
+    comparator: str | None = None
+    """``<``, ``<=``, ``>``, ``>=`` when the lab reported a bound ("<10"), not a value."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,7 @@ class JournalNight:
     ref: str
     night: date
     answers: Mapping[str, bool | float | str]
+    authored: str = ""
 
 
 @dataclass
@@ -202,6 +205,16 @@ class RecordReader:
         self.unit_aliases = kb.unit_aliases
         self.journal_url = kb.journal_url
         self.absent_codes = frozenset(c.code for c in kb.policy.absent_codes)
+        self.not_about_patient = kb.not_about_patient
+
+    def _codes_only(self, concept: Concept | None) -> Concept | None:
+        """Text that negates or is about someone else ("family history of epilepsy", "no
+        restless legs") must not match by synonym; its codes still decide."""
+        if concept is None or not concept.text or self.not_about_patient is None:
+            return concept
+        if self.not_about_patient.search(concept.text):
+            return Concept(concept.codings, "", concept.label)
+        return concept
 
     def read(
         self,
@@ -251,12 +264,21 @@ class RecordReader:
                 self._medication(record, resource, medications)
             except (TypeError, ValueError, AttributeError, KeyError, IndexError):
                 record.skipped += 1
-        for resource in drafts:
+        draft_list = list(drafts)
+        draft_medications = {
+            _ref(r): r
+            for r in draft_list
+            if isinstance(r, dict) and r.get("resourceType") == "Medication"
+        }
+        for resource in draft_list:
+            if isinstance(resource, dict) and resource.get("resourceType") == "Medication":
+                continue
             try:
-                self._draft(record, resource, selections)
+                self._draft(record, resource, selections, draft_medications)
             except (TypeError, ValueError, AttributeError, KeyError, IndexError):
                 record.skipped += 1
         self._derive(record)
+        _one_entry_per_night(record)
         for results in record.labs.values():
             results.sort(key=lambda lab: lab.when, reverse=True)
         record.nights.sort(key=lambda night: night.night, reverse=True)
@@ -318,7 +340,7 @@ class RecordReader:
         clinical = _status_code(resource.get("clinicalStatus"))
         if clinical is not None and clinical not in ACTIVE_CONDITION_STATUS:
             return
-        concept = concept_of(resource.get("code"))
+        concept = self._codes_only(concept_of(resource.get("code")))
         if concept is None:
             record.skipped += 1
             return
@@ -360,6 +382,11 @@ class RecordReader:
             return
         if not self._positive(resource):
             return
+        # The value is part of the finding: LOINC "Pregnancy status" = SNOMED "Pregnant".
+        concept = self._codes_only(
+            _merge([concept, concept_of(resource.get("valueCodeableConcept"))])
+        )
+        assert concept is not None
         record.findings.append(Finding("observation", _ref(resource), concept, when))
 
     @staticmethod
@@ -402,9 +429,11 @@ class RecordReader:
     ) -> LabResult | None:
         quantity = resource.get("valueQuantity")
         raw_unit = ""
+        comparator = None
         if isinstance(quantity, dict):
-            if quantity.get("comparator") is not None:
-                return None  # "<5" is not a value a threshold can be applied to
+            comparator = quantity.get("comparator")
+            if comparator not in (None, "<", "<=", ">", ">="):
+                return None  # "ad" (sufficient to achieve) is not a measured bound
             value = _number(quantity.get("value"))
             code = quantity.get("code")
             unit_text = quantity.get("unit")
@@ -441,6 +470,7 @@ class RecordReader:
             ref_low=ref_low,
             ref_high=ref_high,
             label=concept.label,
+            comparator=comparator,
         )
 
     def _bound(self, analyte: str, quantity: object) -> float | None:
@@ -507,7 +537,11 @@ class RecordReader:
         record.medications.append(MedicationUse(_ref(resource), concept, started))
 
     def _draft(
-        self, record: PatientRecord, resource: object, selections: frozenset[str] | None
+        self,
+        record: PatientRecord,
+        resource: object,
+        selections: frozenset[str] | None,
+        medications: Mapping[str, dict[str, Any]],
     ) -> None:
         if not isinstance(resource, dict):
             record.skipped += 1
@@ -517,7 +551,7 @@ class RecordReader:
             return
         kind = str(resource.get("resourceType"))
         if kind in ("MedicationRequest", "MedicationStatement"):
-            concept = self._medication_concept(resource, {})
+            concept = self._medication_concept(resource, medications)
         else:
             concept = concept_of(resource.get("code"))
         if concept is None:
@@ -540,12 +574,14 @@ class RecordReader:
             record.skipped += 1
             return
         ref = _ref(resource)
-        record.nights.append(JournalNight(ref, night, answers))
+        authored = str(resource.get("authored") or "")
+        record.nights.append(JournalNight(ref, night, answers, authored))
         items = self.kb.journal_items
         for link_id, value in answers.items():
             if link_id in items and self._journal_positive(value):
                 label = self.kb.journal_labels.get(link_id, link_id)
-                concept = Concept(((CODESYSTEM_URL, link_id),), label.lower(), label)
+                # Codes only: "tingling-numbness" must not match a "numbness" synonym.
+                concept = Concept(((CODESYSTEM_URL, link_id),), "", label)
                 record.findings.append(Finding("journal", f"{ref}#{link_id}", concept, night))
 
     @staticmethod
@@ -572,6 +608,22 @@ class RecordReader:
                         if isinstance(answer, dict):
                             self._answers(answer.get("item"), out, depth + 1)
             self._answers(item.get("item"), out, depth + 1)
+
+
+def _one_entry_per_night(record: PatientRecord) -> None:
+    """A night submitted twice counts once: the last submission wins."""
+    latest: dict[date, JournalNight] = {}
+    for night in record.nights:
+        kept = latest.get(night.night)
+        if kept is None or (night.authored, night.ref) > (kept.authored, kept.ref):
+            latest[night.night] = night
+    if len(latest) == len(record.nights):
+        return
+    keep = {night.ref for night in latest.values()}
+    record.nights = list(latest.values())
+    record.findings = [
+        f for f in record.findings if f.kind != "journal" or f.ref.split("#")[0] in keep
+    ]
 
 
 def _answer_value(answer: dict[str, Any]) -> bool | float | str | None:

@@ -7,6 +7,7 @@ service does not start.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class KnowledgeBase:
     journal_labels: dict[str, str]
     """linkId → what the clinician reads (the item code's display)."""
     analyte_by_code: dict[tuple[str, str], str] = field(default_factory=dict)
+    not_about_patient: re.Pattern[str] | None = None
 
     def rules_for(self, hook: str) -> tuple[schema.Rule, ...]:
         return tuple(r for r in self.rules if r.status == "active" and hook in r.hooks)
@@ -142,6 +144,11 @@ class _Checker:
                 self.valueset(f"{where} field 'medication_before_finding.finding'", spec.finding)
             elif isinstance(item, schema.DraftOrderCond):
                 self.valueset(f"{where} field 'draft_order.valueset'", item.draft_order.valueset)
+                if item.draft_order.exclude_valueset:
+                    self.valueset(
+                        f"{where} field 'draft_order.exclude_valueset'",
+                        item.draft_order.exclude_valueset,
+                    )
             elif (
                 isinstance(item, schema.JournalCond) and item.journal.item not in self.journal_items
             ):
@@ -221,6 +228,13 @@ def _journal_items(artifacts: dict[str, dict[str, Any]]) -> dict[str, tuple[str,
     return items
 
 
+def _phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not phrases:
+        return None
+    alternatives = "|".join(re.escape(p.lower()) for p in sorted(phrases, key=len, reverse=True))
+    return re.compile(rf"(?<![a-z0-9])(?:{alternatives})(?![a-z0-9])")
+
+
 def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
     """Load and cross-check everything; raise ``KnowledgeError`` on the first problem."""
     artifacts = load_profiles(profiles_dir)
@@ -290,6 +304,7 @@ def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
         journal_items=parts["journal_items"],
         journal_labels={k: label for k, (_, label) in journal.items()},
         analyte_by_code=analyte_by_code,
+        not_about_patient=_phrase_pattern(policy.not_about_patient_phrases),
     )
 
 

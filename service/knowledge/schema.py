@@ -48,6 +48,10 @@ class LabSpec(_Strict):
     within_days: int = Field(ge=1)
     interpretation: tuple[str, ...] = ()
     reference_range: Literal["low", "high"] | None = None
+    decide: Literal["lab-first", "either"] = "lab-first"
+    """``lab-first``: the lab's flag or range decides when present (a flag N overrides the
+    threshold). ``either``: the flag or the threshold suffices (used for critical escalation:
+    0.9 mg/dL flagged only L is still critical)."""
     as_: str | None = Field(default=None, alias="as")
 
 
@@ -79,6 +83,7 @@ class DraftOrderSpec(_Strict):
     """A draft order of the order hooks (only ``selections`` at order-select) in a ValueSet."""
 
     valueset: str
+    exclude_valueset: str | None = None
     as_: str | None = Field(default=None, alias="as")
 
 
@@ -355,5 +360,7 @@ class Policy(_Strict):
     accepted_suppress_days: int = Field(ge=0)
     critical_override_max_hours: int = Field(ge=0)
     topics: tuple[CodingSpec, ...] = Field(min_length=1)
+    not_about_patient_phrases: tuple[str, ...] = ()
+    """Text that negates a finding or is about someone else: no text-synonym match."""
     absent_codes: tuple[CodingSpec, ...] = ()
     """Observation values and interpretations meaning "symptom not present"."""

@@ -71,13 +71,17 @@ def test_only_final_amended_corrected_lab_values_count(status: str) -> None:
     assert "ferritin" not in record.labs
 
 
-def test_newest_value_first_and_comparator_values_unusable() -> None:
+def test_newest_value_first_and_reported_bounds_kept_as_bounds() -> None:
     old = obs("a", "2276-4", 20, "ng/mL", when="2026-01-01")
     new = obs("b", "2276-4", 90, "ng/mL", status="amended", when="2026-10-01")
     less_than = obs("c", "2276-4", 5, "ng/mL", when="2026-11-20")
     less_than["valueQuantity"]["comparator"] = "<"
     record = READER.read("p1", AS_OF, [old, new, less_than])
-    assert [lab.value for lab in record.labs["ferritin"]] == [90, 20]
+    assert [(lab.comparator, lab.value) for lab in record.labs["ferritin"]] == [
+        ("<", 5),
+        (None, 90),
+        (None, 20),
+    ]
 
 
 def test_tsat_is_calculated_from_same_day_iron_and_tibc() -> None:
