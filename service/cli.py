@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub)
+        __import__("service.cli_explain", fromlist=["register"]).register(sub)
     return parser
 
 

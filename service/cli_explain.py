@@ -1,0 +1,283 @@
+"""``sleep-cds explain``: why each rule fired or not, for a request built like ``sleep-cds hook``.
+
+Same arguments and request as ``sleep-cds hook`` (the request building, prefetch filling and
+errors are ``service.cli_hooks``'), but the request goes to ``{service}/cds-services/{id}/explain``,
+the integrators' endpoint (on in local mode, else ``CDS_EXPLAIN_ENABLED=true``). It prints each
+rule's outcome - fired, not-fired, not-evaluable or not-applicable - with the reason, the evidence
+and the condition trace, plus which FHIR queries the service ran itself; ``--json`` prints the raw
+answers keyed by service id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import orjson
+
+from service.cli_hooks import (
+    _FHIR_ID,
+    DEFAULT_SERVICE,
+    DEFAULT_USER,
+    HOOKS,
+    CliError,
+    HookOutcome,
+    _call_service,
+    _describe,
+    _one_line_error,
+    _token_from_env,
+    build_context,
+    build_request,
+    read_drafts,
+)
+from service.config import get_settings
+from service.fhir import FhirClient, make_http_client
+
+STATUSES = ("fired", "not-evaluable", "not-fired", "not-applicable")
+_MARKDOWN_ESCAPE = re.compile(r"\\([\\`*_\[\]<>|])")
+DISABLED_HINT = (
+    " (the explain endpoint is on in local mode; elsewhere set CDS_EXPLAIN_ENABLED=true)"
+)
+
+
+async def run_explain(
+    *,
+    hook: str,
+    patient_id: str,
+    fhir_server: str,
+    service: str,
+    prefetch: bool,
+    drafts: Sequence[dict[str, Any]] = (),
+    selections: Sequence[str] = (),
+    service_ids: Sequence[str] = (),
+    user_id: str = DEFAULT_USER,
+    token: str | None = None,
+    fhir_deadline_s: float = 5.0,
+    timeout_s: float = 30.0,
+    http: httpx.AsyncClient | None = None,
+) -> list[HookOutcome]:
+    """Discover, prefetch, call each service's ``/explain``; one outcome per service."""
+    if not _FHIR_ID.match(patient_id):
+        raise CliError(f"--patient {patient_id!r} is not a FHIR id")
+    context = build_context(hook, patient_id, user_id, drafts, selections)
+    service = service.rstrip("/")
+    own_http = http is None
+    client = http or make_http_client(read_s=timeout_s)
+    try:
+        discovery_url = f"{service}/cds-services"
+        try:
+            resp = await client.get(discovery_url, headers={"Accept": "application/json"})
+        except httpx.HTTPError as exc:
+            raise CliError(f"GET {discovery_url} failed: {_describe(exc)}") from exc
+        if resp.status_code != 200:
+            raise CliError(_one_line_error("GET", discovery_url, resp))
+        try:
+            services = orjson.loads(resp.content)["services"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CliError(f"GET {discovery_url}: not a CDS Hooks discovery document") from exc
+        chosen = [
+            s
+            for s in services
+            if isinstance(s, dict)
+            and s.get("hook") == hook
+            and (not service_ids or s.get("id") in service_ids)
+        ]
+        if not chosen:
+            raise CliError(f"{discovery_url} has no service for hook {hook}")
+        settings = get_settings()
+        fhir = FhirClient(
+            client,
+            page_cap=settings.fhir_page_cap,
+            max_response_bytes=settings.fhir_max_response_bytes,
+        )
+        request = build_request(hook, fhir_server, context, None, token, patient_id)
+        outcomes = []
+        for definition in chosen:
+            url = f"{service}/cds-services/{definition.get('id')}/explain"
+            outcome = await _call_service(
+                client, fhir, url, definition, dict(request), prefetch, fhir_deadline_s
+            )
+            if outcome.status == 404 and outcome.error and "not enabled" in outcome.error:
+                outcome.error += DISABLED_HINT
+            outcomes.append(outcome)
+        return outcomes
+    finally:
+        if own_http:
+            await client.aclose()
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def _plain(text: object) -> str:
+    """Evidence is Markdown-escaped for card details; a terminal wants ``>=``, not ``\\>=``."""
+    return _MARKDOWN_ESCAPE.sub(r"\1", str(text))
+
+
+def _counts(rules: list[dict[str, Any]]) -> str:
+    parts = []
+    for status in STATUSES:
+        count = sum(1 for r in rules if r.get("status") == status)
+        parts.append(f"{count} {status}")
+    return ", ".join(parts)
+
+
+def format_explain(
+    response: dict[str, Any], statuses: Sequence[str] = STATUSES, trace: bool = True
+) -> str:
+    """Cards in one line each, then every rule grouped by outcome (fired first)."""
+    out: list[str] = []
+    fetches = response.get("fetches") or {}
+    if fetches:
+        listed = ", ".join(f"{key} ({status})" for key, status in fetches.items())
+        out.append(f"   fetched by the service from the FHIR server: {listed}")
+    unavailable = response.get("unavailable") or []
+    if unavailable:
+        out.append(f"   data that could not be read: {', '.join(unavailable)}")
+    skipped = response.get("skippedResources") or 0
+    unusable = response.get("unusableLabResults") or 0
+    if skipped or unusable:
+        out.append(f"   resources skipped: {skipped}; lab results not usable: {unusable}")
+    cards = response.get("cards") or []
+    out.append(f"   cards ({len(cards)}):" if cards else "   cards: none")
+    for card in cards:
+        topic = ((card.get("source") or {}).get("topic") or {}).get("code", "?")
+        indicator = str(card.get("indicator", "?")).upper()
+        out.append(f"     [{indicator}] {topic}: {_plain(card.get('summary', ''))}")
+    rules = [r for r in response.get("rules") or [] if isinstance(r, dict)]
+    out.append(f"   rules: {_counts(rules)}")
+    for status in STATUSES:
+        if status not in statuses:
+            continue
+        for rule in (r for r in rules if r.get("status") == status):
+            out.append("")
+            head = f"   {status.upper():<15} {rule.get('rule', '?')}"
+            tags = [str(rule.get("topic", "?"))]
+            if rule.get("indicator"):
+                tags.append(str(rule["indicator"]))
+            out.append(f"{head}  ({', '.join(tags)})  {rule.get('title', '')}")
+            if rule.get("reason"):
+                out.append(f"       reason: {rule['reason']}")
+            for line in rule.get("evidence") or []:
+                out.append(f"       evidence: {_plain(line)}")
+            if trace:
+                for line in rule.get("trace") or []:
+                    out.append(f"       trace: {line}")
+    return "\n".join(out)
+
+
+def print_explained(
+    outcomes: Sequence[HookOutcome],
+    hook: str,
+    as_json: bool,
+    out: TextIO,
+    statuses: Sequence[str] = STATUSES,
+    trace: bool = True,
+) -> None:
+    if as_json:
+        data = {o.service_id: o.response for o in outcomes if o.response is not None}
+        out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    for o in outcomes:
+        if o.error:
+            continue
+        timing = f"HTTP {o.status} in {o.elapsed_ms:.0f} ms"
+        out.write(f"== {o.service_id} ({hook}, explain): {timing}\n")
+        if o.prefetch_filled or o.prefetch_omitted:
+            omitted = ", ".join(f"{k} ({v})" for k, v in o.prefetch_omitted.items())
+            out.write(
+                f"   prefetch sent: {', '.join(o.prefetch_filled) or '-'}"
+                + (f"; omitted: {omitted}" if omitted else "")
+                + "\n"
+            )
+        out.write(format_explain(o.response or {}, statuses, trace) + "\n")
+
+
+# --- argparse wiring ---------------------------------------------------------------------------
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    try:
+        token = _token_from_env(args.token_env)
+        drafts = read_drafts([Path(p) for p in args.draft or []], args.patient)
+        outcomes = asyncio.run(
+            run_explain(
+                hook=args.hook,
+                patient_id=args.patient,
+                fhir_server=args.fhir_server,
+                service=args.service,
+                prefetch=args.prefetch,
+                drafts=drafts,
+                selections=args.select or [],
+                service_ids=args.service_id or [],
+                user_id=args.user,
+                token=token,
+                fhir_deadline_s=args.fhir_deadline,
+                timeout_s=args.timeout,
+            )
+        )
+    except CliError as exc:
+        print(f"sleep-cds: {exc}", file=sys.stderr)
+        return 1
+    print_explained(
+        outcomes, args.hook, args.json, sys.stdout, args.status or STATUSES, not args.no_trace
+    )
+    errors = [o.error for o in outcomes if o.error]
+    for error in errors:
+        print(f"sleep-cds: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``explain`` to the ``sleep-cds`` parser (sets ``func``)."""
+    explain = subparsers.add_parser(
+        "explain",
+        help="show each rule's outcome (fired / not-fired / not-evaluable / not-applicable)",
+        description="Build the same request as `sleep-cds hook`, send it to the service's "
+        "/explain endpoint, and print every rule's outcome with its reason, evidence and trace.",
+    )
+    explain.add_argument("hook", choices=HOOKS)
+    explain.add_argument("--patient", required=True, help="FHIR Patient id")
+    explain.add_argument("--fhir-server", required=True, help="FHIR base URL sent as fhirServer")
+    explain.add_argument("--service", default=DEFAULT_SERVICE, help="CDS service base URL")
+    explain.add_argument(
+        "--prefetch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fill the service's prefetch templates from the FHIR server (default: yes)",
+    )
+    explain.add_argument("--draft", action="append", metavar="FILE", help="draft order JSON")
+    explain.add_argument("--select", action="append", metavar="ID", help="order-select selection")
+    explain.add_argument("--service-id", action="append", metavar="ID", help="only this service")
+    explain.add_argument("--user", default=DEFAULT_USER, help="context.userId")
+    explain.add_argument("--token-env", metavar="VAR", help="env var holding a FHIR bearer token")
+    explain.add_argument("--fhir-deadline", type=float, default=5.0, help="prefetch deadline (s)")
+    explain.add_argument("--timeout", type=float, default=30.0, help="service call timeout (s)")
+    explain.add_argument(
+        "--status",
+        action="append",
+        choices=STATUSES,
+        help="only rules with this outcome (repeatable; default: all)",
+    )
+    explain.add_argument("--no-trace", action="store_true", help="omit the condition traces")
+    explain.add_argument("--json", action="store_true", help="print raw responses as JSON")
+    explain.set_defaults(func=cmd_explain)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry (``python -m service.cli_explain``)."""
+    parser = argparse.ArgumentParser(prog="sleep-cds")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
