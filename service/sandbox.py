@@ -53,6 +53,7 @@ _SHIFTED_KEYS = frozenset(
         "dateAsserted",
         "start",
         "end",
+        "valueDate",  # the sleep journal's night-date answer: the night the engine reads
     }
 )
 _DATE_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})(.*)$")

@@ -56,6 +56,18 @@ def _compiled(template: str) -> Template:
     return environment().from_string(template)
 
 
+def _action_signature(action: dict[str, Any]) -> tuple[str, ...]:
+    resource = action.get("resource") or {}
+    codings = (resource.get("code") or {}).get("coding") or []
+    codes = sorted(f"{c.get('system')}|{c.get('code')}" for c in codings)
+    return (
+        action["type"],
+        str(action.get("resourceId", "")),
+        resource.get("resourceType", ""),
+        *codes,
+    )
+
+
 def _render(template: str, bindings: dict[str, Any], record: PatientRecord) -> str:
     return _compiled(template).render(patient_age=record.age_years, **bindings).strip()
 
@@ -162,12 +174,22 @@ class CardComposer:
     ) -> list[dict[str, Any]]:
         suggestions: list[dict[str, Any]] = []
         labels: set[str] = set()
+        offered: set[tuple[str, ...]] = set()
         for outcome in fired:
             reasons = sorted({e.ref for e in outcome.evidence if e.ref and "/" in e.ref})
             for spec in outcome.rule.suggestions:
-                actions = self._actions(record, spec, outcome, reasons)
-                if not actions or spec.label in labels:
+                if spec.label in labels:
                     continue
+                # An order already offered by an earlier suggestion of this card is not offered
+                # twice (two rules may both suggest the same referral).
+                actions = [
+                    a
+                    for a in self._actions(record, spec, outcome, reasons)
+                    if _action_signature(a) not in offered
+                ]
+                if not actions:
+                    continue
+                offered.update(_action_signature(a) for a in actions)
                 labels.add(spec.label)
                 suggestion: dict[str, Any] = {
                     "label": spec.label,
