@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     analytics_enabled: bool = False
     admin_token: str | None = None
     console_enabled: bool | None = None
+    console_fhir_server: str | None = None
     log_level: str = "INFO"
 
     @field_validator("cors_origins", mode="before")

@@ -1,0 +1,421 @@
+"""The in-chart preview console: a page that plays the EHR, served by the service itself.
+
+``GET /console`` serves plain HTML/CSS/JS from ``service/console/`` (no build step, no CDN). The
+page calls the service's own CDS Hooks endpoints from the browser, exactly as an EHR would
+(discovery, hook calls with ``fhirServer`` and no prefetch, feedback, explain), and reads the
+patient list and a chart summary through two small read-only endpoints here, so the browser never
+talks to the FHIR server itself (no CORS set-up needed on a real EHR sandbox).
+
+Every route answers 404 (an OperationOutcome) unless ``Settings.console_on``: on by default in
+local mode, off elsewhere unless ``CDS_CONSOLE_ENABLED=true``. The FHIR base is
+``CDS_CONSOLE_FHIR_SERVER`` when set (the page cannot change it); otherwise, in local mode only, the
+user types it, and it passes the same check as a hook call's ``fhirServer`` (https, or http to a
+loopback host, no credentials). No token is ever sent to the FHIR server from here.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.api.deps import settings_of
+from service.api.problems import operation_outcome
+from service.config import Settings
+from service.engine.prefetch import templates_for
+from service.errors import InvalidRequest, UnknownService
+from service.knowledge.base import KnowledgeBase
+from service.security import check_fhir_server
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+# Same-origin only: the page calls this service and nothing else; no inline script or style, so a
+# card that smuggled markup past the renderer still could not run or restyle anything.
+CONSOLE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_STATIC = {
+    "index.html": "text/html; charset=utf-8",
+    "console.css": "text/css; charset=utf-8",
+    "console.js": "text/javascript; charset=utf-8",
+}
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_PATIENT_LIMIT = 200
+_CHART_KEYS = (
+    "patient",
+    "conditions",
+    "observations",
+    "symptoms",
+    "medicationRequests",
+    "medicationStatements",
+)
+
+
+def _require_console(request: Request) -> Settings:
+    settings = settings_of(request)
+    if not settings.console_on:
+        raise UnknownService("The preview console is not enabled (CDS_CONSOLE_ENABLED)")
+    return settings
+
+
+@lru_cache(maxsize=len(_STATIC))
+def _asset(name: str) -> bytes:
+    return (resources.files("service.console") / name).read_bytes()
+
+
+def _asset_response(name: str) -> Response:
+    return Response(
+        _asset(name),
+        media_type=_STATIC[name],
+        headers={"Content-Security-Policy": CONSOLE_CSP},
+    )
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(data),
+        status_code=status,
+        media_type="application/json",
+        headers={"Content-Security-Policy": CONSOLE_CSP},
+    )
+
+
+@router.get("")
+@router.get("/")
+async def console_page(request: Request) -> Response:
+    _require_console(request)
+    return _asset_response("index.html")
+
+
+@router.get("/api/config")
+async def console_config(request: Request) -> Response:
+    settings = _require_console(request)
+    fixed = settings.console_fhir_server
+    return _json(
+        {
+            "fhirServer": fixed.rstrip("/") if fixed else None,
+            "fhirServerFixed": bool(fixed),
+            "localMode": settings.local_mode,
+            "explain": settings.explain_on,
+            "userId": "Practitioner/example",
+        }
+    )
+
+
+@router.get("/api/patients")
+async def console_patients(request: Request, fhirServer: str | None = None) -> Response:
+    settings = _require_console(request)
+    base = _fhir_base(settings, fhirServer)
+    results = await _fetch(request, settings, base, {"patients": "Patient?_count=100"})
+    found = results["patients"]
+    if not found.ok:
+        return _unreachable(base, found.reason)
+    today = request.app.state.clock().date()
+    patients = [
+        _patient_summary(p, today) for p in found.resources if p.get("resourceType") == "Patient"
+    ]
+    patients.sort(key=lambda p: (p["name"].lower(), p["id"]))
+    return _json({"fhirServer": base, "patients": patients[:_PATIENT_LIMIT]})
+
+
+@router.get("/api/chart/{patient_id}")
+async def console_chart(
+    patient_id: str,
+    request: Request,
+    fhirServer: str | None = None,
+) -> Response:
+    settings = _require_console(request)
+    if not _FHIR_ID.match(patient_id):
+        raise InvalidRequest("patient id must be a FHIR id ([A-Za-z0-9-.]{1,64})")
+    base = _fhir_base(settings, fhirServer)
+    kb: KnowledgeBase = request.app.state.kb
+    templates = templates_for(kb, "patient-view")
+    queries = {
+        key: templates[key].replace("{{context.patientId}}", patient_id)
+        for key in _CHART_KEYS
+        if key in templates
+    }
+    results = await _fetch(request, settings, base, queries)
+    patient_result = results.get("patient")
+    if patient_result is None or not patient_result.ok:
+        return _unreachable(base, patient_result.reason if patient_result else "not-asked")
+    if not patient_result.resources:
+        return operation_outcome(404, f"No Patient/{patient_id} on {base}", code="not-found")
+
+    def ok(key: str) -> list[dict[str, Any]]:
+        result = results.get(key)
+        return list(result.resources) if result is not None and result.ok else []
+
+    unavailable = sorted(
+        f"{key}: {result.reason}" for key, result in results.items() if not result.ok
+    )
+    med_requests = ok("medicationRequests")
+    med_statements = ok("medicationStatements")
+    refs = [
+        ref
+        for med in med_requests + med_statements
+        if isinstance(ref := (med.get("medicationReference") or {}).get("reference"), str)
+    ]
+    fetcher = request.app.state.pipeline.fetcher
+    medications = (
+        await fetcher.read_references(base, refs, None, settings.fhir_deadline_s) if refs else {}
+    )
+    return _json(
+        {
+            "fhirServer": base,
+            "patient": _patient_summary(
+                patient_result.resources[0], request.app.state.clock().date()
+            ),
+            "problems": _problems(ok("conditions")),
+            "medications": _medications(med_requests + med_statements, medications),
+            "labs": _labs(kb, ok("observations")),
+            "findings": _findings(ok("symptoms")),
+            "unavailable": unavailable,
+        }
+    )
+
+
+@router.get("/{name}")
+async def console_asset(name: str, request: Request) -> Response:
+    _require_console(request)
+    if name not in _STATIC:
+        raise UnknownService(f"No console file {name!r}")
+    return _asset_response(name)
+
+
+# --- FHIR access -------------------------------------------------------------------------------
+
+
+def _fhir_base(settings: Settings, given: str | None) -> str:
+    """The FHIR base this console may read: the configured one, or (local mode) the user's."""
+    fixed = settings.console_fhir_server
+    if fixed:
+        fixed = fixed.rstrip("/")
+        if given and given.rstrip("/") != fixed:
+            raise InvalidRequest(f"This console reads only {fixed} (CDS_CONSOLE_FHIR_SERVER)")
+        return fixed
+    if not given or not given.strip():
+        raise InvalidRequest("Enter the FHIR server's base URL (fhirServer)")
+    if not settings.local_mode:
+        raise InvalidRequest("Outside local mode the console reads only CDS_CONSOLE_FHIR_SERVER")
+    base = given.strip().rstrip("/")
+    check_fhir_server(base, None)
+    return base
+
+
+async def _fetch(
+    request: Request, settings: Settings, base: str, queries: dict[str, str]
+) -> dict[str, Any]:
+    fetcher = request.app.state.pipeline.fetcher
+    if fetcher is None:
+        raise UnknownService("The FHIR client is not ready")
+    try:
+        results: dict[str, Any] = dict(
+            await fetcher.search_many(base, queries, None, settings.fhir_deadline_s)
+        )
+    except ValueError as exc:
+        raise InvalidRequest(f"fhirServer: {exc}") from None
+    return results
+
+
+def _unreachable(base: str, reason: str | None) -> Response:
+    return operation_outcome(
+        502, f"The FHIR server {base} could not be read ({reason or 'error'})", code="transient"
+    )
+
+
+# --- summaries (plain data; the page renders every value as text) -----------------------------
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _day(value: Any) -> str | None:
+    text = _text(value)
+    return text[:10] if text else None
+
+
+def _concept(value: Any) -> str | None:
+    """What a clinician would call it: the text, else the first display, else system|code."""
+    if not isinstance(value, dict):
+        return None
+    if text := _text(value.get("text")):
+        return text
+    codings = [c for c in value.get("coding") or [] if isinstance(c, dict)]
+    for coding in codings:
+        if display := _text(coding.get("display")):
+            return display
+    for coding in codings:
+        if code := _text(coding.get("code")):
+            return code
+    return None
+
+
+def _codings(value: Any) -> list[tuple[str, str]]:
+    if not isinstance(value, dict):
+        return []
+    return [
+        (c["system"], c["code"])
+        for c in value.get("coding") or []
+        if isinstance(c, dict)
+        and isinstance(c.get("system"), str)
+        and isinstance(c.get("code"), str)
+    ]
+
+
+def _age(birth: str | None, today: date) -> int | None:
+    if not birth or len(birth) < 10:
+        return None
+    try:
+        born = date.fromisoformat(birth[:10])
+    except ValueError:
+        return None
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+def _patient_summary(patient: dict[str, Any], today: date) -> dict[str, Any]:
+    names = [n for n in patient.get("name") or [] if isinstance(n, dict)]
+    official = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
+    parts = [g for g in official.get("given") or [] if isinstance(g, str)]
+    if family := _text(official.get("family")):
+        parts.append(family)
+    name = _text(official.get("text")) or " ".join(parts) or str(patient.get("id", "?"))
+    identifiers = [i for i in patient.get("identifier") or [] if isinstance(i, dict)]
+    birth = _day(patient.get("birthDate"))
+    return {
+        "id": str(patient.get("id", "")),
+        "name": name,
+        "gender": _text(patient.get("gender")),
+        "birthDate": birth,
+        "age": _age(birth, today),
+        "mrn": next((i["value"] for i in identifiers if _text(i.get("value"))), None),
+    }
+
+
+def _problems(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = [
+        {
+            "text": _concept(c.get("code")) or "(unnamed condition)",
+            "onset": _day(c.get("onsetDateTime"))
+            or _day((c.get("onsetPeriod") or {}).get("start"))
+            or _day(c.get("recordedDate")),
+            "status": _concept(c.get("clinicalStatus")),
+        }
+        for c in conditions
+        if c.get("resourceType") == "Condition"
+    ]
+    return sorted(rows, key=lambda r: r["onset"] or "", reverse=True)
+
+
+def _medications(
+    meds: list[dict[str, Any]], referenced: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    rows = []
+    for med in meds:
+        if med.get("resourceType") not in ("MedicationRequest", "MedicationStatement"):
+            continue
+        reference = med.get("medicationReference") or {}
+        target = referenced.get(str(reference.get("reference")))
+        text = (
+            _concept(med.get("medicationCodeableConcept"))
+            or (_concept(target.get("code")) if target else None)
+            or _text(reference.get("display"))
+            or "(unnamed medication)"
+        )
+        dosage = next(
+            (
+                d["text"]
+                for d in med.get("dosageInstruction") or med.get("dosage") or []
+                if isinstance(d, dict) and _text(d.get("text"))
+            ),
+            None,
+        )
+        rows.append(
+            {
+                "text": text,
+                "status": _text(med.get("status")),
+                "date": _day(med.get("authoredOn"))
+                or _day(med.get("effectiveDateTime"))
+                or _day(med.get("dateAsserted")),
+                "dosage": dosage,
+                "kind": "statement" if med["resourceType"] == "MedicationStatement" else "order",
+            }
+        )
+    return sorted(rows, key=lambda r: r["text"].lower())
+
+
+def _value(obs: dict[str, Any]) -> str | None:
+    quantity = obs.get("valueQuantity")
+    if isinstance(quantity, dict) and isinstance(quantity.get("value"), int | float):
+        number = quantity["value"]
+        shown = f"{number:g}" if isinstance(number, float) else str(number)
+        unit = _text(quantity.get("unit")) or _text(quantity.get("code"))
+        comparator = _text(quantity.get("comparator")) or ""
+        return f"{comparator}{shown} {unit}" if unit else f"{comparator}{shown}"
+    if concept := _concept(obs.get("valueCodeableConcept")):
+        return concept
+    if isinstance(obs.get("valueBoolean"), bool):
+        return "yes" if obs["valueBoolean"] else "no"
+    if isinstance(obs.get("valueInteger"), int):
+        return str(obs["valueInteger"])
+    return _text(obs.get("valueString"))
+
+
+def _when(obs: dict[str, Any]) -> str | None:
+    return (
+        _day(obs.get("effectiveDateTime"))
+        or _day((obs.get("effectivePeriod") or {}).get("start"))
+        or _day(obs.get("issued"))
+    )
+
+
+def _flag(obs: dict[str, Any]) -> str | None:
+    flags = []
+    for concept in obs.get("interpretation") or []:
+        for system, code in _codings(concept):
+            if system.endswith("v3-ObservationInterpretation") and code not in ("N", "NEG"):
+                flags.append(code)
+    return ", ".join(flags) or None
+
+
+def _labs(kb: KnowledgeBase, observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    names: dict[tuple[str, str], str] = {}
+    for analyte in kb.analytes.values():
+        for key in kb.valuesets[analyte.valueset].codes:
+            names.setdefault(key, analyte.display)
+    rows = []
+    for obs in observations:
+        if obs.get("resourceType") != "Observation":
+            continue
+        known = next((names[k] for k in _codings(obs.get("code")) if k in names), None)
+        rows.append(
+            {
+                "name": known or _concept(obs.get("code")) or "(unnamed result)",
+                "value": _value(obs) or "(no value)",
+                "date": _when(obs),
+                "flag": _flag(obs),
+                "status": _text(obs.get("status")),
+            }
+        )
+    return sorted(rows, key=lambda r: (r["date"] or "", r["name"]), reverse=True)
+
+
+def _findings(observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = [
+        {
+            "text": _concept(obs.get("code")) or "(unnamed finding)",
+            "value": _value(obs),
+            "date": _when(obs),
+        }
+        for obs in observations
+        if obs.get("resourceType") == "Observation"
+    ]
+    return sorted(rows, key=lambda r: r["date"] or "", reverse=True)
