@@ -535,6 +535,16 @@ class RecordReader:
             record.skipped += 1
             return
         record.medications.append(MedicationUse(_ref(resource), concept, started))
+        # The indication of an active medicine is a condition the patient has: Tylenol PM
+        # "for restless legs" (the FHIR MedicationStatement example) documents RLS.
+        reasons = resource.get("reasonCode")
+        if isinstance(reasons, list):
+            for reason in reasons[:5]:
+                indication = self._codes_only(concept_of(reason))
+                if indication is not None:
+                    record.findings.append(
+                        Finding("condition", _ref(resource), indication, started)
+                    )
 
     def _draft(
         self,

@@ -204,3 +204,20 @@ def test_garbage_is_skipped_and_counted_not_raised() -> None:
     record = READER.read("p1", AS_OF, [*junk, obs("ok", "2276-4", 40, "ng/mL")])
     assert record.labs["ferritin"][0].value == 40
     assert record.skipped >= 4
+
+
+def test_indication_of_an_active_medicine_is_a_finding() -> None:
+    statement = {
+        "resourceType": "MedicationStatement",
+        "id": "ms1",
+        "status": "active",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {"text": "Tylenol PM"},
+        "reasonCode": [{"coding": [{"system": "http://snomed.info/sct", "code": "32914008"}]}],
+        "effectiveDateTime": "2026-10-01",
+    }
+    stopped = {**statement, "id": "ms2", "status": "stopped"}
+    record = READER.read("p1", AS_OF, [statement, stopped])
+    rls = KB.valuesets["https://sleep-cds.example.org/fhir/ValueSet/restless-legs"]
+    matches = [f for f in record.findings if rls.matches(f.concept.codings, f.concept.text)]
+    assert [(f.kind, f.ref) for f in matches] == [("condition", "MedicationStatement/ms1")]
