@@ -18,6 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from service import logging as service_logging
 from service.api import problems
 from service.api.console import router as console_router
+from service.api.metrics import router as metrics_router
 from service.api.middleware import RequestGuard
 from service.api.routes import router
 from service.cdshooks.discovery import discovery_document
@@ -91,6 +92,7 @@ def create_app(
     problems.install(app)
     app.include_router(router)
     app.include_router(console_router)
+    app.include_router(metrics_router)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

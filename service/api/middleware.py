@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import metrics
 from service.api.problems import operation_outcome
 from service.logging import bind, log_fields
 
@@ -27,7 +28,11 @@ class _TooLarge(Exception):
 
 class RequestGuard:
     """Refuses bodies over ``max_body_bytes`` with 413 before reading them whole, adds security
-    headers, drops the server banner, and logs one line per request."""
+    headers, drops the server banner, and logs one line and one latency sample per request.
+
+    Latency runs to the last response byte, so background work after the response (the audit
+    row) is not counted against the EHR's wait.
+    """
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
         self.app = app
@@ -39,7 +44,7 @@ class RequestGuard:
             return
         started = time.perf_counter()
         token = log_fields.set({})
-        status_holder: dict[str, Any] = {"status": 500, "started": False}
+        status_holder: dict[str, Any] = {"status": 500, "started": False, "finished": None}
         limit = self.max_body_bytes
 
         headers = dict(scope.get("headers") or [])
@@ -73,13 +78,17 @@ class RequestGuard:
                 raw = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"server"]
                 message = {**message, "headers": raw + SECURITY_HEADERS}
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                status_holder["finished"] = time.perf_counter()
 
+        metrics.IN_FLIGHT.inc()
         try:
             await self.app(scope, limited_receive, guarded_send)
         except _TooLarge:
             if not status_holder["started"]:
                 await self._send_413(send, status_holder)
         finally:
+            metrics.IN_FLIGHT.dec()
             self._log(scope, status_holder, started)
             log_fields.reset(token)
 
@@ -104,7 +113,11 @@ class RequestGuard:
 
     @staticmethod
     def _log(scope: Scope, holder: dict[str, Any], started: float) -> None:
-        latency = round((time.perf_counter() - started) * 1000, 2)
+        seconds = (holder["finished"] or time.perf_counter()) - started
+        latency = round(seconds * 1000, 2)
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        service = (log_fields.get() or {}).get("service_id") or ""
+        metrics.observe_request(route, service, holder["status"], seconds)
         bind(
             method=scope.get("method"),
             path=scope.get("path"),

@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, BackgroundTasks, Depends, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Request
 from starlette.responses import Response
 
+from service import metrics
 from service.api.deps import Caller, authenticate, check_fhir_server, settings_of
 from service.api.jsonbody import parse_json, validate
 from service.cdshooks import models
-from service.cdshooks.discovery import ServiceSpec, service_by_id
+from service.cdshooks.discovery import SERVICES, ServiceSpec, service_by_id
 from service.db import repository
 from service.engine.cards import CardMeta
 from service.engine.pipeline import HookCall, HookPipeline, HookResult
@@ -26,16 +27,54 @@ log = logging.getLogger("service.api")
 router = APIRouter()
 
 JSON = "application/json"
+FHIR_JSON = "application/fhir+json"
 CallerDep = Annotated[Caller | None, Depends(authenticate)]
+# Documented as the three ids; any other answers 404 (an OperationOutcome), not a 400.
+ServiceId = Annotated[
+    str,
+    Path(
+        description="A service id from discovery",
+        json_schema_extra={"enum": [s.id for s in SERVICES]},
+    ),
+]
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its ``$defs`` substituted in place (the models are not
+    recursive), so the OpenAPI document has no reference to a component it does not define."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(dict(defs[ref.removeprefix("#/$defs/")]))
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
+_OUTCOME_SCHEMA = _inline(models.OperationOutcome.model_json_schema())
+
+
+def _problem(text: str) -> dict[str, Any]:
+    """An error response: always a FHIR OperationOutcome (service/api/problems.py)."""
+    return {"description": text, "content": {FHIR_JSON: {"schema": _OUTCOME_SCHEMA}}}
+
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": models.OperationOutcome, "description": text}
-    for code, text in {
-        400: "Malformed JSON or an invalid request",
-        401: "Authentication failed",
-        404: "Unknown service",
-        413: "Body too large",
-    }.items()
+    400: _problem("Malformed JSON or an invalid request"),
+    401: _problem("Authentication failed"),
+    403: _problem("fhirServer not allowed for this caller"),
+    404: _problem("Unknown service"),
+    405: _problem("Method not allowed"),
+    413: _problem("Body too large"),
+    # Any other client error (FastAPI would otherwise document a 422 it never sends).
+    "4XX": _problem("Other client error"),
 }
 
 
@@ -50,14 +89,157 @@ def _service(service_id: str) -> ServiceSpec:
     return spec
 
 
+_EXAMPLE_PREFETCH = {
+    "patient": {"resourceType": "Patient", "id": "example", "birthDate": "1970-01-01"},
+    "conditions": {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Condition",
+                    "id": "rls",
+                    "clinicalStatus": {"coding": [{"code": "active"}]},
+                    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "32914008"}]},
+                    "subject": {"reference": "Patient/example"},
+                }
+            }
+        ],
+    },
+    "observations": {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": "ferritin",
+                    "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "2276-4"}]},
+                    "subject": {"reference": "Patient/example"},
+                    "effectiveDateTime": "2026-11-01",
+                    "valueQuantity": {
+                        "value": 40,
+                        "system": "http://unitsofmeasure.org",
+                        "code": "ng/mL",
+                    },
+                }
+            }
+        ],
+    },
+    **dict.fromkeys(["symptoms", "medicationRequests", "medicationStatements", "journal"]),
+}
+
+
 def _hook_body_schema() -> dict[str, Any]:
-    schema = models.HookRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {"requestBody": {"required": True, "content": {JSON: {"schema": schema}}}}
+    """The hook request as the handlers check it (stricter than the lenient parsing model):
+    a known hook, and a context with patientId and userId. Prefetch values are FHIR resources
+    or null (null: searched, nothing found; absent: fetch it)."""
+    schema = _inline(models.HookRequest.model_json_schema())
+    schema["properties"]["hook"]["enum"] = sorted({s.hook for s in SERVICES})
+    context = schema["properties"]["context"]
+    context["required"] = ["patientId", "userId"]
+    for name in ("patientId", "userId"):
+        context["properties"][name] = {"type": "string", "minLength": 1}
+    auth = schema["properties"]["fhirAuthorization"]["anyOf"][0]["properties"]
+    auth["access_token"]["pattern"] = "^[ -~]+$"  # printable ASCII: it becomes a header value
+    auth["token_type"]["pattern"] = "^[Bb][Ee][Aa][Rr][Ee][Rr]$"
+    schema["properties"]["prefetch"] = {
+        "anyOf": [
+            {
+                "type": "object",
+                "additionalProperties": {
+                    "anyOf": [
+                        {"type": "null"},
+                        {
+                            "type": "object",
+                            "required": ["resourceType"],
+                            "properties": {"resourceType": {"type": "string"}},
+                        },
+                    ]
+                },
+            },
+            {"type": "null"},
+        ]
+    }
+    example = {
+        "hook": "patient-view",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {"patientId": "example", "userId": "Practitioner/example"},
+        "prefetch": _EXAMPLE_PREFETCH,
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": schema, "example": example}},
+        }
+    }
 
 
 def _feedback_body_schema() -> dict[str, Any]:
-    schema = models.FeedbackRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {"requestBody": {"required": True, "content": {JSON: {"schema": schema}}}}
+    """Feedback as the handler checks it: an RFC 3339 timestamp (with offset), and accepted
+    items name at least one accepted suggestion."""
+    schema = _inline(models.FeedbackRequest.model_json_schema())
+    entry = schema["properties"]["feedback"]["items"]
+    entry["properties"]["outcomeTimestamp"]["format"] = "date-time"
+    entry["if"] = {"properties": {"outcome": {"const": "accepted"}}}
+    entry["then"] = {
+        "required": ["acceptedSuggestions"],
+        "properties": {"acceptedSuggestions": {"type": "array", "minItems": 1}},
+    }
+    example = {
+        "feedback": [
+            {
+                "card": "4e0a3a1f-0a7b-4a0e-9d1c-2f6a3c1d9b11",
+                "outcome": "overridden",
+                "overrideReason": {
+                    "reason": {
+                        "system": "https://sleep-cds.example.org/fhir/CodeSystem/sleep-cds",
+                        "code": "not-clinically-relevant",
+                    }
+                },
+                "outcomeTimestamp": "2026-11-25T09:00:00Z",
+            }
+        ]
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": schema, "example": example}},
+        }
+    }
+
+
+def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+_FEEDBACK_ACK = {
+    "type": "object",
+    "required": ["stored", "duplicates"],
+    "properties": {
+        "stored": {"type": "integer", "minimum": 0, "description": "New items stored"},
+        "duplicates": {"type": "integer", "minimum": 0, "description": "Items already stored"},
+    },
+}
+_EXPLAIN = {
+    "type": "object",
+    "required": ["cards", "rules", "unavailable", "fetches", "skippedResources"],
+    "properties": {
+        "cards": {"type": "array", "items": {"type": "object"}},
+        "rules": {"type": "array", "items": {"type": "object"}},
+        "unavailable": {"type": "array", "items": {"type": "string"}},
+        "fetches": {"type": "object", "additionalProperties": {"type": "string"}},
+        "skippedResources": {"type": "integer"},
+        "unusableLabResults": {"type": "integer"},
+    },
+}
+_HEALTH = {"type": "object", "properties": {"status": {"type": "string"}}}
+_READY = {
+    "type": "object",
+    "required": ["database", "knowledge"],
+    "properties": {"database": {"type": "boolean"}, "knowledge": {"type": "boolean"}},
+}
 
 
 @router.get(
@@ -70,10 +252,18 @@ async def discovery(request: Request, caller: CallerDep) -> Response:
     return _json(request.app.state.discovery)
 
 
+def _no_nul(where: str, *values: str | None) -> None:
+    """Refuse U+0000 in what is stored: FHIR strings may not hold it and PostgreSQL text cannot,
+    so it would otherwise surface as a database error (a 503, a skipped audit row)."""
+    if any(value is not None and "\x00" in value for value in values):
+        raise InvalidRequest(f"{where}: text may not contain NUL (U+0000)")
+
+
 def _hook_call(spec: ServiceSpec, body: models.HookRequest) -> HookCall:
+    context = body.context
+    _no_nul("hookInstance/context", body.hookInstance, context.patientId, context.userId)
     if body.hook != spec.hook:
         raise InvalidRequest(f"hook {body.hook!r} does not match service {spec.id} ({spec.hook})")
-    context = body.context
     missing = [f for f in ("patientId", "userId") if not getattr(context, f)]
     if spec.hook in ("order-select", "order-sign") and context.draftOrders is None:
         missing.append("draftOrders")
@@ -124,18 +314,16 @@ async def _run(
 @router.post(
     "/cds-services/{service_id}",
     response_model=models.HookResponse,
-    responses={
-        **_ERRORS,
-        412: {"model": models.OperationOutcome, "description": "Data unavailable"},
-    },
+    responses={**_ERRORS, 412: _problem("Data unavailable")},
     openapi_extra=_hook_body_schema(),
     summary="Call a CDS service",
 )
 async def call_service(
-    service_id: str, request: Request, caller: CallerDep, background: BackgroundTasks
+    service_id: ServiceId, request: Request, caller: CallerDep, background: BackgroundTasks
 ) -> Response:
     started = time.perf_counter()
     spec, call, body, result = await _run(request, service_id, caller, explain=False)
+    composed = result.metas
     result.cards, result.metas = await _without_suppressed(request, call.patient_id, result)
     cards = result.cards
     latency = (time.perf_counter() - started) * 1000
@@ -145,6 +333,15 @@ async def call_service(
         fetches=result.fetches or None,
         skipped_resources=result.record.skipped or None,
         outcome="ok",
+    )
+    metrics.observe_cards(spec.id, result.metas)
+    shown = {id(meta) for meta in result.metas}
+    metrics.observe_cards(spec.id, [m for m in composed if id(m) not in shown], suppressed=True)
+    metrics.observe_hook(
+        spec.id,
+        prefetch_hits=result.prefetch_hits,
+        prefetch_keys=result.prefetch_keys,
+        skipped=result.record.skipped,
     )
     background.add_task(_audit, request, spec, body.hookInstance, call.patient_id, latency, result)
     return _json({"cards": cards})
@@ -164,6 +361,7 @@ async def _without_suppressed(
             request.app.state.db, patient_id, [m.key for m in result.metas]
         )
     except Exception as exc:
+        metrics.DB_ERRORS.labels(operation="suppression").inc()
         log.warning(
             "suppression skipped: database unavailable",
             extra={"error_type": type(exc).__name__, "outcome": "suppression-skipped"},
@@ -206,25 +404,45 @@ async def _audit(
             ],
         )
     except Exception as exc:
+        metrics.observe_audit(written=False)
         log.warning(
             "audit row skipped: database unavailable",
             extra={"error_type": type(exc).__name__, "outcome": "audit-skipped"},
         )
+    else:
+        metrics.observe_audit(written=True)
 
 
 @router.post(
     "/cds-services/{service_id}/feedback",
-    responses={**_ERRORS, 503: {"model": models.OperationOutcome, "description": "Not stored"}},
+    responses={
+        200: _ok("Every item is stored (new or already there)", _FEEDBACK_ACK),
+        **_ERRORS,
+        503: _problem("Not stored: the database is unavailable; retry later"),
+    },
     openapi_extra=_feedback_body_schema(),
     summary="Feedback on cards (accepted / overridden)",
 )
-async def feedback(service_id: str, request: Request, caller: CallerDep) -> Response:
+async def feedback(service_id: ServiceId, request: Request, caller: CallerDep) -> Response:
     spec = _service(service_id)
     settings = settings_of(request)
     data = parse_json(await request.body(), max_depth=settings.max_json_depth)
     body = validate(models.FeedbackRequest, data)
     items = []
     for i, entry in enumerate(body.feedback):
+        override = entry.overrideReason
+        _no_nul(
+            f"feedback.{i}",
+            entry.card,
+            entry.outcomeTimestamp,
+            *(s.id for s in entry.acceptedSuggestions or []),
+            override.userComment if override else None,
+            *(
+                (override.reason.system, override.reason.code)
+                if override and override.reason
+                else ()
+            ),
+        )
         try:
             outcome_at = datetime.fromisoformat(entry.outcomeTimestamp.replace("Z", "+00:00"))
         except ValueError:
@@ -233,6 +451,10 @@ async def feedback(service_id: str, request: Request, caller: CallerDep) -> Resp
             ) from None
         if outcome_at.tzinfo is None:
             raise InvalidRequest(f"feedback.{i}.outcomeTimestamp: a UTC offset is required")
+        try:
+            outcome_at = outcome_at.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise InvalidRequest(f"feedback.{i}.outcomeTimestamp: out of range") from None
         if entry.outcome == "accepted" and not entry.acceptedSuggestions:
             raise InvalidRequest(f"feedback.{i}: acceptedSuggestions is required when accepted")
         reason = entry.overrideReason.reason if entry.overrideReason else None
@@ -241,7 +463,7 @@ async def feedback(service_id: str, request: Request, caller: CallerDep) -> Resp
                 service_id=spec.id,
                 card_uuid=entry.card,
                 outcome=entry.outcome,
-                outcome_at=outcome_at.astimezone(UTC),
+                outcome_at=outcome_at,
                 accepted_suggestions=[s.id for s in entry.acceptedSuggestions or []],
                 reason_system=reason.system if reason else None,
                 reason_code=reason.code if reason else None,
@@ -251,22 +473,30 @@ async def feedback(service_id: str, request: Request, caller: CallerDep) -> Resp
     try:
         stored, duplicates = await repository.store_feedback(request.app.state.db, items)
     except Exception as exc:
+        metrics.observe_feedback_failed(spec.id, len(items))
         log.error(
             "feedback not stored: database unavailable",
             extra={"error_type": type(exc).__name__, "outcome": "503"},
         )
         raise StorageUnavailable("Feedback could not be stored; retry later") from None
     bind(service_id=spec.id, items=len(items), stored=stored, duplicates=duplicates)
+    metrics.observe_feedback(
+        spec.id, stored=stored, duplicates=duplicates, outcomes=[i.outcome for i in items]
+    )
     return _json({"stored": stored, "duplicates": duplicates})
 
 
 @router.post(
     "/cds-services/{service_id}/explain",
-    responses=_ERRORS,
+    responses={
+        200: _ok("Each rule's outcome", _EXPLAIN),
+        **_ERRORS,
+        412: _problem("Data unavailable"),
+    },
     openapi_extra=_hook_body_schema(),
     summary="For integrators: each rule's outcome for this request (off unless enabled)",
 )
-async def explain(service_id: str, request: Request, caller: CallerDep) -> Response:
+async def explain(service_id: ServiceId, request: Request, caller: CallerDep) -> Response:
     if not settings_of(request).explain_on:
         raise UnknownService("The explain endpoint is not enabled")
     _, _, _, result = await _run(request, service_id, caller, explain=True)
@@ -295,14 +525,20 @@ async def explain(service_id: str, request: Request, caller: CallerDep) -> Respo
     )
 
 
-@router.get("/healthz", summary="Process is up")
+@router.get("/healthz", summary="Process is up", responses={200: _ok("Up", _HEALTH)})
 async def healthz() -> Response:
     return _json({"status": "ok"})
 
 
-@router.get("/readyz", summary="Database reachable and knowledge loaded")
+@router.get(
+    "/readyz",
+    summary="Database reachable and knowledge loaded",
+    responses={200: _ok("Ready", _READY), 503: _ok("Not ready", _READY)},
+)
 async def readyz(request: Request) -> Response:
     db_ok = await request.app.state.db.ping()
+    if not db_ok:
+        metrics.DB_ERRORS.labels(operation="readiness").inc()
     kb_ok = request.app.state.kb is not None
     status = 200 if db_ok and kb_ok else 503
     return _json({"database": db_ok, "knowledge": kb_ok}, status)

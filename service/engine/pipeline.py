@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Protocol
 
+from service import metrics
 from service.engine.cards import CardComposer, CardMeta
 from service.engine.evaluate import RuleEngine, RuleOutcome
 from service.engine.prefetch import KEY_CATEGORY, read_prefetch, templates_for
@@ -146,6 +147,7 @@ class HookPipeline:
                     fetches[key] = (result.reason if result is not None else None) or "timeout"
                     if key not in prefetched.paged:
                         unavailable.add(KEY_CATEGORY[key])
+            metrics.observe_fhir(fetched, fetches)
             if (
                 all(status != "ok" for status in fetches.values())
                 and not prefetched.resources
