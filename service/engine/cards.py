@@ -50,10 +50,10 @@ def card_key(patient_id: str, topic: str, outcomes: list[RuleOutcome]) -> str:
 
 
 @lru_cache(maxsize=1024)
-def _compiled(template: str) -> Template:
+def _compiled(template: str, markdown: bool = True) -> Template:
     """A card template compiled once: compiling costs about 100x rendering, so ``CardComposer``
     compiles every rule's templates at start-up and requests only render."""
-    return environment().from_string(template)
+    return environment(markdown).from_string(template)
 
 
 def _action_signature(action: dict[str, Any]) -> tuple[str, ...]:
@@ -68,8 +68,11 @@ def _action_signature(action: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def _render(template: str, bindings: dict[str, Any], record: PatientRecord) -> str:
-    return _compiled(template).render(patient_age=record.age_years, **bindings).strip()
+def _render(
+    template: str, bindings: dict[str, Any], record: PatientRecord, *, markdown: bool = True
+) -> str:
+    compiled = _compiled(template, markdown)
+    return compiled.render(patient_age=record.age_years, **bindings).strip()
 
 
 def _shorten(text: str) -> str:
@@ -81,8 +84,8 @@ class CardComposer:
     def __init__(self, kb: KnowledgeBase) -> None:
         self.kb = kb
         for rule in kb.rules:
-            _compiled(rule.card.summary)
-            _compiled(rule.card.detail)
+            _compiled(rule.card.summary, False)
+            _compiled(rule.card.detail, True)
         self._order_templates = {
             name: orders.order_template(spec) for name, spec in kb.orders.items()
         }
@@ -121,7 +124,9 @@ class CardComposer:
         source = lead.rule.sources[0]
         card: dict[str, Any] = {
             "uuid": card_uuid,
-            "summary": _shorten(_render(lead.rule.card.summary, lead.bindings, record)),
+            "summary": _shorten(
+                _render(lead.rule.card.summary, lead.bindings, record, markdown=False)
+            ),
             "indicator": indicator,
             "detail": self._detail(record, fired),
             "source": {

@@ -353,9 +353,18 @@ class Evaluator:
             for m in self.record.medications
             if m.started is not None and drugs.matches(m.concept.codings, m.concept.text)
         ]
-        onset = min(findings, key=lambda f: f.when or self.record.as_of, default=None)
+        # Onset of each distinct symptom: its earliest record (a Condition, or the first journal
+        # night or Observation with that code). A symptom that began weeks after a drug was
+        # started is linked to it even when an older, different complaint exists.
+        onsets: dict[tuple[str, ...], Finding] = {}
+        for finding in findings:
+            key = finding.concept.codings[:1] or (finding.concept.label,)
+            symptom = tuple(str(k) for k in key)
+            current = onsets.get(symptom)
+            if current is None or (finding.when and current.when and finding.when < current.when):
+                onsets[symptom] = finding
         for med in meds:
-            for finding in [onset] if onset is not None else []:
+            for finding in onsets.values():
                 assert med.started is not None and finding.when is not None
                 gap = (finding.when - med.started).days
                 if 0 <= gap <= spec.max_days:
@@ -526,17 +535,22 @@ class RuleEngine:
                 )
                 continue
             indicator = rule.card.indicator
+            evidence = list(result.evidence)
             for escalation in rule.card.escalate:
-                if evaluator.evaluate(escalation.when).value is True and (
+                escalated = evaluator.evaluate(escalation.when)
+                if escalated.value is True and (
                     SEVERITY[escalation.indicator] > SEVERITY[indicator]
                 ):
                     indicator = escalation.indicator
+                    # What made the card more urgent is evidence too (and part of its key).
+                    known = {e.key for e in evidence}
+                    evidence += [e for e in escalated.evidence if e.key not in known]
             outcomes.append(
                 RuleOutcome(
                     rule,
                     "fired",
                     indicator=indicator,
-                    evidence=result.evidence,
+                    evidence=evidence,
                     bindings=result.bindings,
                     trace=result.trace,
                 )

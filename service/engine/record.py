@@ -8,6 +8,7 @@ clinical knowledge: which statuses mean "usable", "active", "entered in error".
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -28,6 +29,9 @@ COMPLETED_JOURNAL_STATUS = frozenset({"completed", "amended"})
 SYMPTOM_CATEGORIES = frozenset({"survey", "exam"})
 UCUM = "http://unitsofmeasure.org"
 MAX_ITEM_DEPTH = 8
+# Clause boundaries for negation scope: punctuation, a spaced dash, and the " | " joining the
+# text and the displays of one concept.
+_CLAUSE = re.compile(r"[.,;:()\[\]|]| - | \u2013 ")
 
 # Data categories: one per prefetch key family, so a failed query disables only the rules that
 # need that data.
@@ -208,13 +212,19 @@ class RecordReader:
         self.not_about_patient = kb.not_about_patient
 
     def _codes_only(self, concept: Concept | None) -> Concept | None:
-        """Text that negates or is about someone else ("family history of epilepsy", "no
-        restless legs") must not match by synonym; its codes still decide."""
+        """Clauses that negate or are about someone else ("family history of epilepsy", "no
+        seizures") are removed from the text synonyms are matched in; the rest of the text
+        ("Hypnic jerks - no seizures" → "hypnic jerks") and every code still count."""
         if concept is None or not concept.text or self.not_about_patient is None:
             return concept
-        if self.not_about_patient.search(concept.text):
-            return Concept(concept.codings, "", concept.label)
-        return concept
+        pattern = self.not_about_patient
+        clauses = _CLAUSE.split(concept.text)
+        kept = [c for c in clauses if not pattern.search(c)]
+        if len(kept) == len(clauses):
+            return concept
+        return Concept(
+            concept.codings, " | ".join(c.strip() for c in kept if c.strip()), concept.label
+        )
 
     def read(
         self,

@@ -23,9 +23,7 @@ def escape_markdown(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
-def _finalize(value: Any) -> Any:
-    if isinstance(value, str):
-        return escape_markdown(value)
+def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, date):
@@ -33,12 +31,18 @@ def _finalize(value: Any) -> Any:
     return value
 
 
-@lru_cache(maxsize=1)
-def environment() -> ImmutableSandboxedEnvironment:
+def _markdown(value: Any) -> Any:
+    return escape_markdown(value) if isinstance(value, str) else _plain(value)
+
+
+@lru_cache(maxsize=2)
+def environment(markdown: bool = True) -> ImmutableSandboxedEnvironment:
+    """Templates for ``detail`` (Markdown: data values escaped) or ``summary`` (plain text:
+    CDS Hooks clients show it verbatim, so an escape backslash would be visible)."""
     return ImmutableSandboxedEnvironment(
         undefined=ChainableUndefined,
         autoescape=False,
-        finalize=_finalize,
+        finalize=_markdown if markdown else _plain,
         trim_blocks=True,
         lstrip_blocks=True,
     )

@@ -221,3 +221,29 @@ def test_indication_of_an_active_medicine_is_a_finding() -> None:
     rls = KB.valuesets["https://sleep-cds.example.org/fhir/ValueSet/restless-legs"]
     matches = [f for f in record.findings if rls.matches(f.concept.codings, f.concept.text)]
     assert [(f.kind, f.ref) for f in matches] == [("condition", "MedicationStatement/ms1")]
+
+
+def test_summary_is_plain_text_and_detail_escapes_data() -> None:
+    from service.engine.cards import CardComposer
+    from service.engine.evaluate import RuleEngine
+
+    condition = {
+        "resourceType": "Condition",
+        "id": "c",
+        "subject": {"reference": "Patient/p1"},
+        "clinicalStatus": {"coding": [{"code": "active"}]},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "32914008"}]},
+    }
+    drug = {
+        "resourceType": "MedicationRequest",
+        "id": "m",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {"text": "sertraline <b>*50*</b>"},
+    }
+    record = READER.read("p1", AS_OF, [condition, drug])
+    cards, _ = CardComposer(KB).compose(record, RuleEngine(KB).run("patient-view", record))
+    card = next(c for c in cards if c["source"]["topic"]["code"] == "medication-review")
+    assert "sertraline <b>*50*</b>" in card["summary"]
+    assert "\\<b\\>\\*50\\*\\</b\\>" in card["detail"]
