@@ -22,22 +22,15 @@ import httpx
 import orjson
 
 from service.cli_hooks import (
-    _FHIR_ID,
     DEFAULT_SERVICE,
     DEFAULT_USER,
     HOOKS,
     CliError,
     HookOutcome,
-    _call_service,
-    _describe,
-    _one_line_error,
     _token_from_env,
-    build_context,
-    build_request,
     read_drafts,
+    run_hook,
 )
-from service.config import get_settings
-from service.fhir import FhirClient, make_http_client
 
 STATUSES = ("fired", "not-evaluable", "not-fired", "not-applicable")
 _MARKDOWN_ESCAPE = re.compile(r"\\([\\`*_\[\]<>|])")
@@ -62,54 +55,27 @@ async def run_explain(
     timeout_s: float = 30.0,
     http: httpx.AsyncClient | None = None,
 ) -> list[HookOutcome]:
-    """Discover, prefetch, call each service's ``/explain``; one outcome per service."""
-    if not _FHIR_ID.match(patient_id):
-        raise CliError(f"--patient {patient_id!r} is not a FHIR id")
-    context = build_context(hook, patient_id, user_id, drafts, selections)
-    service = service.rstrip("/")
-    own_http = http is None
-    client = http or make_http_client(read_s=timeout_s)
-    try:
-        discovery_url = f"{service}/cds-services"
-        try:
-            resp = await client.get(discovery_url, headers={"Accept": "application/json"})
-        except httpx.HTTPError as exc:
-            raise CliError(f"GET {discovery_url} failed: {_describe(exc)}") from exc
-        if resp.status_code != 200:
-            raise CliError(_one_line_error("GET", discovery_url, resp))
-        try:
-            services = orjson.loads(resp.content)["services"]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CliError(f"GET {discovery_url}: not a CDS Hooks discovery document") from exc
-        chosen = [
-            s
-            for s in services
-            if isinstance(s, dict)
-            and s.get("hook") == hook
-            and (not service_ids or s.get("id") in service_ids)
-        ]
-        if not chosen:
-            raise CliError(f"{discovery_url} has no service for hook {hook}")
-        settings = get_settings()
-        fhir = FhirClient(
-            client,
-            page_cap=settings.fhir_page_cap,
-            max_response_bytes=settings.fhir_max_response_bytes,
-        )
-        request = build_request(hook, fhir_server, context, None, token, patient_id)
-        outcomes = []
-        for definition in chosen:
-            url = f"{service}/cds-services/{definition.get('id')}/explain"
-            outcome = await _call_service(
-                client, fhir, url, definition, dict(request), prefetch, fhir_deadline_s
-            )
-            if outcome.status == 404 and outcome.error and "not enabled" in outcome.error:
-                outcome.error += DISABLED_HINT
-            outcomes.append(outcome)
-        return outcomes
-    finally:
-        if own_http:
-            await client.aclose()
+    """The request ``sleep-cds hook`` would send, to each service's ``/explain``."""
+    outcomes = await run_hook(
+        hook=hook,
+        patient_id=patient_id,
+        fhir_server=fhir_server,
+        service=service,
+        prefetch=prefetch,
+        drafts=drafts,
+        selections=selections,
+        service_ids=service_ids,
+        user_id=user_id,
+        token=token,
+        fhir_deadline_s=fhir_deadline_s,
+        timeout_s=timeout_s,
+        http=http,
+        endpoint="/explain",
+    )
+    for outcome in outcomes:
+        if outcome.status == 404 and outcome.error and "not enabled" in outcome.error:
+            outcome.error += DISABLED_HINT
+    return outcomes
 
 
 # --- output ------------------------------------------------------------------------------------

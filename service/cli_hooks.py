@@ -291,8 +291,13 @@ async def run_hook(
     fhir_deadline_s: float = 5.0,
     timeout_s: float = 30.0,
     http: httpx.AsyncClient | None = None,
+    endpoint: str = "",
 ) -> list[HookOutcome]:
-    """Discover, prefetch, call; one :class:`HookOutcome` per service registered for ``hook``."""
+    """Discover, prefetch, call; one :class:`HookOutcome` per service registered for ``hook``.
+
+    ``endpoint`` is appended to each service URL: ``"/explain"`` sends the same request to the
+    integrators' explain endpoint.
+    """
     if not _FHIR_ID.match(patient_id):
         raise CliError(f"--patient {patient_id!r} is not a FHIR id")
     context = build_context(hook, patient_id, user_id, drafts, selections)
@@ -334,7 +339,7 @@ async def run_hook(
                 await _call_service(
                     client,
                     fhir,
-                    f"{service}/cds-services/{definition.get('id')}",
+                    f"{service}/cds-services/{definition.get('id')}{endpoint}",
                     definition,
                     dict(request),
                     prefetch,
