@@ -10,14 +10,15 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from service.engine.record import Finding, LabResult, PatientRecord
+from service.engine.record import DraftOrder, Finding, LabResult, MedicationUse, PatientRecord
 from service.knowledge import schema
 from service.knowledge.base import KnowledgeBase
 from service.knowledge.templates import escape_markdown
 
 Truth = bool | None
+ConceptT = TypeVar("ConceptT", MedicationUse, DraftOrder)
 
 COMPARATORS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
@@ -307,16 +308,21 @@ class Evaluator:
             }
         return result
 
+    def _in_class(self, items: list[ConceptT], include: str, exclude: str | None) -> list[ConceptT]:
+        """Items whose concept is in ``include`` and not in ``exclude`` (drug-class exceptions)."""
+        wanted = self.kb.valuesets[include]
+        unwanted = self.kb.valuesets[exclude] if exclude else None
+        return [
+            item
+            for item in items
+            if wanted.matches(item.concept.codings, item.concept.text)
+            and not (unwanted and unwanted.matches(item.concept.codings, item.concept.text))
+        ]
+
     def _medication(self, spec: schema.MedicationSpec) -> Result:
         valueset = self.kb.valuesets[spec.valueset]
-        exclude = self.kb.valuesets[spec.exclude_valueset] if spec.exclude_valueset else None
         label = f"medication {valueset.title}"
-        found = [
-            m
-            for m in self.record.medications
-            if valueset.matches(m.concept.codings, m.concept.text)
-            and not (exclude and exclude.matches(m.concept.codings, m.concept.text))
-        ]
+        found = self._in_class(self.record.medications, spec.valueset, spec.exclude_valueset)
         if not found:
             if self._unavailable("medications"):
                 return self._result(label, None, "medications could not be read")
@@ -384,14 +390,8 @@ class Evaluator:
 
     def _draft(self, spec: schema.DraftOrderSpec) -> Result:
         valueset = self.kb.valuesets[spec.valueset]
-        exclude = self.kb.valuesets[spec.exclude_valueset] if spec.exclude_valueset else None
         label = f"draft_order {valueset.title}"
-        found = [
-            d
-            for d in self.record.drafts
-            if valueset.matches(d.concept.codings, d.concept.text)
-            and not (exclude and exclude.matches(d.concept.codings, d.concept.text))
-        ]
+        found = self._in_class(self.record.drafts, spec.valueset, spec.exclude_valueset)
         if not found:
             return self._result(label, False)
         names = sorted({d.concept.label for d in found})
