@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from service.cli_analytics import register as register_analytics
 from service.config import Settings, get_settings
 
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         register(sub)
         __import__("service.cli_explain", fromlist=["register"]).register(sub)
+    register_analytics(sub)
     return parser
 
 

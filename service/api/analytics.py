@@ -1,0 +1,113 @@
+"""``GET /analytics/cards``: card acceptance and override numbers for the governance committee.
+
+Off unless ``CDS_ANALYTICS_ENABLED`` (404 otherwise, as if it did not exist). With
+``CDS_ADMIN_TOKEN`` set it needs ``Authorization: Bearer <admin token>``; without one it needs the
+same authentication as the hooks (open in local mode). The report holds no PHI (see
+:mod:`service.analytics`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response
+
+from service import analytics
+from service.api.deps import authenticate, settings_of
+from service.api.routes import _problem
+from service.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    StorageUnavailable,
+    UnknownService,
+)
+from service.logging import bind
+
+log = logging.getLogger("service.api")
+router = APIRouter()
+
+FORMATS = ("json", "csv")
+
+
+def _bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+async def authorize_analytics(request: Request) -> None:
+    """404 when analytics is off; then the admin token, or the hooks' authentication."""
+    settings = settings_of(request)
+    if not settings.analytics_enabled:
+        raise UnknownService("The analytics endpoint is not enabled")
+    if settings.admin_token:
+        presented = _bearer(request.headers.get("authorization"))
+        if presented is None:
+            raise AuthenticationFailed("analytics: no bearer token")
+        if not hmac.compare_digest(presented.encode(), settings.admin_token.encode()):
+            raise AuthenticationFailed("analytics: wrong admin token")
+        return
+    await authenticate(request)
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _problem("Bad dates or format"),
+    401: _problem("Authentication failed"),
+    404: _problem("Analytics not enabled"),
+    503: _problem("Database unavailable"),
+    "4XX": _problem("Other client error"),
+}
+
+
+@router.get(
+    "/analytics/cards",
+    dependencies=[Depends(authorize_analytics)],
+    responses={
+        200: {
+            "description": "Card analytics (JSON, or CSV with format=csv)",
+            "content": {"application/json": {}, "text/csv": {}},
+        },
+        **_RESPONSES,
+    },
+    summary="Card analytics per topic and rule for a period [from, to) (off unless enabled)",
+)
+async def card_analytics(
+    request: Request,
+    start: Annotated[
+        str | None, Query(alias="from", description="first day, YYYY-MM-DD (UTC)")
+    ] = None,
+    end: Annotated[
+        str | None, Query(alias="to", description="day after the last, YYYY-MM-DD (exclusive)")
+    ] = None,
+    output: Annotated[str, Query(alias="format", description="json or csv")] = "json",
+) -> Response:
+    if output not in FORMATS:
+        raise InvalidRequest("format must be json or csv")
+    today = request.app.state.clock().date()
+    try:
+        begin, stop = analytics.parse_period(start, end, today)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    try:
+        report = await analytics.card_analytics(request.app.state.db, begin, stop)
+    except Exception as exc:
+        log.error(
+            "analytics not read: database unavailable",
+            extra={"error_type": type(exc).__name__, "outcome": "503"},
+        )
+        raise StorageUnavailable("Analytics could not be read; retry later") from None
+    bind(outcome="ok", cards=report.total.shown)
+    if output == "csv":
+        filename = f"card-analytics_{begin.isoformat()}_{stop.isoformat()}.csv"
+        return Response(
+            analytics.render_csv(report),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+    return Response(analytics.render_json(report), media_type="application/json")
