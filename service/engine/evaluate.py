@@ -12,7 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from service.engine.record import DraftOrder, Finding, LabResult, MedicationUse, PatientRecord
+from service.engine.record import (
+    Concept,
+    DraftOrder,
+    Finding,
+    JournalNight,
+    LabResult,
+    MedicationUse,
+    PatientRecord,
+)
 from service.knowledge import schema
 from service.knowledge.base import KnowledgeBase
 from service.knowledge.templates import escape_markdown
@@ -83,6 +91,9 @@ class Evaluator:
         self.record = record
         self.explain = explain
         self._memo: dict[int, Result] = {}
+        self._in_valueset: dict[str, list[Finding]] = {}
+        self._by_concept: dict[Concept, list[tuple[int, Finding]]] | None = None
+        self._nights_within: dict[int, list[JournalNight]] = {}
 
     def evaluate(self, node: schema.Condition) -> Result:
         key = id(node)
@@ -150,14 +161,38 @@ class Evaluator:
         )
         return Result(value, trace=trace)
 
+    def _findings_in(self, url: str) -> list[Finding]:
+        """Every finding whose concept is in the value set, in record order.
+
+        A record repeats few concepts many times (each journal night repeats the same items), so
+        findings are grouped by concept once per record and each value set tests each distinct
+        concept once, not every finding on every leaf that names it.
+        """
+        found = self._in_valueset.get(url)
+        if found is not None:
+            return found
+        if self._by_concept is None:
+            self._by_concept = {}
+            for index, finding in enumerate(self.record.findings):
+                self._by_concept.setdefault(finding.concept, []).append((index, finding))
+        valueset = self.kb.valuesets[url]
+        hits = [
+            pair
+            for concept, group in self._by_concept.items()
+            if valueset.matches(concept.codings, concept.text)
+            for pair in group
+        ]
+        hits.sort(key=lambda pair: pair[0])
+        found = self._in_valueset[url] = [finding for _, finding in hits]
+        return found
+
     def _matching_findings(
         self, url: str, kinds: tuple[str, ...], within_days: int | None
     ) -> list[Finding]:
-        valueset = self.kb.valuesets[url]
         lookback = self.kb.policy.finding_lookback_days
         as_of = self.record.as_of
         found = []
-        for finding in self.record.findings:
+        for finding in self._findings_in(url):
             if finding.kind not in kinds:
                 continue
             window = (
@@ -169,8 +204,7 @@ class Evaluator:
                 finding.when is None or (as_of - finding.when).days > window
             ):
                 continue
-            if valueset.matches(finding.concept.codings, finding.concept.text):
-                found.append(finding)
+            found.append(finding)
         return found
 
     # leaves -----------------------------------------------------------------------------------
@@ -418,8 +452,12 @@ class Evaluator:
         label = f"journal {spec.item} {spec.op} {spec.value} on ≥{spec.min_nights} nights"
         if self._unavailable("journal"):
             return self._result(label, None, "sleep journal could not be read")
-        as_of = self.record.as_of
-        window = [n for n in self.record.nights if 0 <= (as_of - n.night).days <= spec.within_days]
+        window = self._nights_within.get(spec.within_days)
+        if window is None:
+            as_of = self.record.as_of
+            window = self._nights_within[spec.within_days] = [
+                n for n in self.record.nights if 0 <= (as_of - n.night).days <= spec.within_days
+            ]
         compare = COMPARATORS[spec.op]
         hits = []
         for night in window:

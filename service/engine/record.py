@@ -625,9 +625,10 @@ class RecordReader:
                     if value is not None:
                         out[link_id] = value
                     for answer in answers:
-                        if isinstance(answer, dict):
-                            self._answers(answer.get("item"), out, depth + 1)
-            self._answers(item.get("item"), out, depth + 1)
+                        if isinstance(answer, dict) and "item" in answer:
+                            self._answers(answer["item"], out, depth + 1)
+            if "item" in item:  # most items have no children: skip the call
+                self._answers(item["item"], out, depth + 1)
 
 
 def _one_entry_per_night(record: PatientRecord) -> None:
