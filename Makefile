@@ -47,5 +47,8 @@ lint: install-test ## ruff and mypy --strict
 
 check: lint test ## everything CI runs
 
+bench: install ## benchmark vs a same-run baseline, JWT on (BENCH_ARGS=--quick; docs/performance.md)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean: ## remove the virtualenv and local data
 	rm -rf $(VENV) var

@@ -1,0 +1,1 @@
+"""Benchmark harness: `make bench` (bench/run.py). See docs/performance.md."""
