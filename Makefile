@@ -47,6 +47,9 @@ lint: install-test ## ruff and mypy --strict
 
 check: lint test ## everything CI runs
 
+soak: install ## 60 s mixed load at concurrency 32 on loopback: errors, p99, RSS growth (SOAK_ARGS=...)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
 bench: install ## benchmark vs a same-run baseline, JWT on (BENCH_ARGS=--quick; docs/performance.md)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 

@@ -299,10 +299,11 @@ async def _run(
     request: Request, service_id: str, caller: Caller | None, explain: bool
 ) -> tuple[ServiceSpec, HookCall, models.HookRequest, HookResult]:
     spec = _service(service_id)
+    bind(service_id=spec.id, hook=spec.hook)  # before parsing: a 400 is counted per service too
     settings = settings_of(request)
     data = parse_json(await request.body(), max_depth=settings.max_json_depth)
     body = validate(models.HookRequest, data)
-    bind(hook_instance=body.hookInstance, service_id=spec.id, hook=spec.hook)
+    bind(hook_instance=body.hookInstance)
     call = _hook_call(spec, body)
     check_fhir_server(call.fhir_server, caller)
     pipeline: HookPipeline = request.app.state.pipeline
@@ -425,6 +426,7 @@ async def _audit(
 )
 async def feedback(service_id: ServiceId, request: Request, caller: CallerDep) -> Response:
     spec = _service(service_id)
+    bind(service_id=spec.id)
     settings = settings_of(request)
     data = parse_json(await request.body(), max_depth=settings.max_json_depth)
     body = validate(models.FeedbackRequest, data)
