@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     knowledge_dir: Path = Path(__file__).resolve().parent / "knowledge"
     trusted_issuers_file: Path | None = None
     fhir_deadline_s: float = 3.0
+    db_read_deadline_s: float = 0.3
+    """How long a hook call waits for feedback history (suppression) before showing the cards."""
     fhir_page_cap: int = 10
     fhir_max_response_bytes: int = 20 * 1024 * 1024
     explain_enabled: bool | None = None

@@ -84,5 +84,6 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "httpx", "httpcore"):
+    # Database drivers log statements with their parameters at DEBUG: patient ids, comments.
+    for noisy in ("uvicorn.access", "httpx", "httpcore", "aiosqlite", "sqlalchemy", "psycopg"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

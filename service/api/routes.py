@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime
@@ -358,9 +359,11 @@ async def _without_suppressed(
     if not result.cards:
         return result.cards, result.metas
     try:
-        history = await repository.feedback_by_card_key(
-            request.app.state.db, patient_id, [m.key for m in result.metas]
-        )
+        # Bounded: a database that accepts connections and never answers must not hold the chart.
+        async with asyncio.timeout(settings_of(request).db_read_deadline_s):
+            history = await repository.feedback_by_card_key(
+                request.app.state.db, patient_id, [m.key for m in result.metas]
+            )
     except Exception as exc:
         metrics.DB_ERRORS.labels(operation="suppression").inc()
         log.warning(

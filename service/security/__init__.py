@@ -7,7 +7,12 @@ from service.security.issuers import (
     IssuerRegistry,
 )
 from service.security.jwks import JwksCache, JwksUnavailable, KeySet, PublicJwk
-from service.security.replay import MemoryReplayStore, ReplayStore, SqlReplayStore
+from service.security.replay import (
+    DegradableReplayStore,
+    MemoryReplayStore,
+    ReplayStore,
+    SqlReplayStore,
+)
 from service.security.startup import (
     LOCAL_MODE_WARNING,
     assert_safe_startup,
@@ -21,6 +26,7 @@ __all__ = [
     "LOCAL_MODE_WARNING",
     "AuthenticatedCaller",
     "ConfigurationError",
+    "DegradableReplayStore",
     "IssuerConfig",
     "IssuerRegistry",
     "JwksCache",

@@ -6,6 +6,7 @@ two replicas receiving the same token at the same instant cannot both accept it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -99,4 +100,47 @@ class MemoryReplayStore:
         if previous is not None and previous >= now:
             return False
         self._seen[(iss, jti)] = expires_at
+        return True
+
+
+class DegradableReplayStore:
+    """The shared database store, with this replica's memory standing in while the database is
+    down or slow.
+
+    An EHR's chart must not block on our database: hook calls keep answering during an outage,
+    and a token replayed to the same replica is still refused. The residual risk, accepted and
+    logged: a token replayed to a *different* replica during the outage. Every degraded check
+    logs a warning, so operators see the window (docs/operations.md).
+    """
+
+    def __init__(
+        self, primary: ReplayStore, *, timeout_s: float = 0.5, max_entries: int = 100_000
+    ) -> None:
+        self.primary = primary
+        self.timeout_s = timeout_s
+        self.max_entries = max_entries
+        self._memory: dict[tuple[str, str], datetime] = {}
+        self.degraded_checks = 0
+
+    async def remember(self, iss: str, jti: str, expires_at: datetime) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self.primary.remember(iss, jti, expires_at)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.degraded_checks += 1
+            logger.warning("replay store degraded to this replica's memory: %s", type(exc).__name__)
+            return self._remember_locally(iss, jti, expires_at)
+
+    def _remember_locally(self, iss: str, jti: str, expires_at: datetime) -> bool:
+        now = datetime.now(UTC)
+        previous = self._memory.get((iss, jti))
+        if previous is not None and previous >= now:
+            return False
+        if len(self._memory) >= self.max_entries:
+            self._memory = {k: v for k, v in self._memory.items() if v >= now}
+            while len(self._memory) >= self.max_entries:  # still full: forget the oldest
+                self._memory.pop(next(iter(self._memory)))
+        self._memory[(iss, jti)] = expires_at
         return True

@@ -17,7 +17,7 @@ from service.config import Settings, is_loopback_host
 from service.db.database import Database
 from service.security.issuers import ConfigurationError, IssuerRegistry
 from service.security.jwks import JwksCache
-from service.security.replay import SqlReplayStore
+from service.security.replay import DegradableReplayStore, SqlReplayStore
 from service.security.tokens import TokenVerifier
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def create_token_verifier(
     return TokenVerifier(
         registry,
         JwksCache(http_client),
-        SqlReplayStore(database),
+        DegradableReplayStore(SqlReplayStore(database)),
         settings.public_base_url,
     )
 
@@ -88,9 +88,8 @@ def token_verifier_for(state: Any) -> TokenVerifier:
     if registry is None:
         raise ConfigurationError("token verifier requested in local mode")
     client = httpx.AsyncClient(follow_redirects=False)
-    verifier = TokenVerifier(
-        registry, JwksCache(client), SqlReplayStore(state.db), settings.public_base_url
-    )
+    verifier = create_token_verifier(settings, state.db, client, registry)
+    assert verifier is not None  # a registry was loaded
     state.security_http_client = client
     state.token_verifier = verifier
     return verifier

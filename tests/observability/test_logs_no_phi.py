@@ -145,15 +145,7 @@ def full_cycle(client: Any, bad_url: str) -> int:
     return 8
 
 
-DEBUG_LEAK = pytest.mark.xfail(
-    reason="service.logging.configure leaves the aiosqlite logger at the root level: at DEBUG it "
-    "logs every SQL statement with its parameters (patient ids, override comments). Add "
-    "'aiosqlite' to its WARNING list (reported; service/logging.py is not this test's owner's).",
-    raises=AssertionError,
-)
-
-
-@pytest.mark.parametrize("level", ["INFO", pytest.param("DEBUG", marks=DEBUG_LEAK)])
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
 def test_full_cycle_logs_one_line_per_request_and_no_phi(
     app_factory: Callable[..., FastAPI], bad: BadFhirServer, level: str
 ) -> None:

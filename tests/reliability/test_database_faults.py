@@ -145,14 +145,6 @@ def _down_then_back(cluster: PrivatePostgres) -> None:
         assert client.get("/readyz").status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="In authenticated mode every call first records its JWT jti in the SQL replay store, "
-    "which fails closed (503 'token replay check unavailable', service/security/tokens.py): with "
-    "the database down, hook calls get no cards. Reported: needs a decision (e.g. an in-memory "
-    "per-replica replay cache while the database is unavailable).",
-)
 def test_database_down_authenticated_hook_calls_still_answer(
     cluster: PrivatePostgres, tmp_path: Path
 ) -> None:
@@ -186,7 +178,8 @@ def test_database_down_authenticated_hook_calls_still_answer(
 
 def test_database_unreachable_answers_within_the_connect_timeout() -> None:
     """A database host that accepts TCP and never answers (a black hole): hook calls answer with
-    cards once the 2 s connect timeout passes, feedback answers 503, readiness says so."""
+    cards once the suppression read's deadline passes (not the 2 s connect timeout), feedback
+    answers 503 within the connect timeout, readiness says so."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as hole:
         hole.bind(("127.0.0.1", 0))
         hole.listen(128)  # the kernel completes handshakes; nobody ever reads or answers
@@ -202,7 +195,7 @@ def test_database_unreachable_answers_within_the_connect_timeout() -> None:
             assert answer.json()["cards"]
             # What the EHR waited (to the last response byte; the audit row is written after).
             waited = metrics.sample("cds_request_duration_seconds_sum", **labels) - before
-            assert waited < 2.0 + 1.0
+            assert waited < settings.db_read_deadline_s + 0.7
             assert delta("cds_audit_rows_total", "result", "skipped") == 1
             item = feedback_item(answer.json()["cards"][0]["uuid"])
             refused, seconds = timed_post(client, f"{PV}/feedback", {"feedback": [item]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.db.database import Database
 from service.db.models import Base, SeenJti
-from service.security import MemoryReplayStore, SqlReplayStore
+from service.security import DegradableReplayStore, MemoryReplayStore, SqlReplayStore
 
 POSTGRES_URL = os.environ.get("CDS_TEST_POSTGRES_URL")
 
@@ -152,3 +153,48 @@ async def test_unsupported_dialect_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="mysql"):
         SqlReplayStore(FakeDatabase())  # type: ignore[arg-type]
+
+
+async def test_degradable_store_uses_memory_while_the_database_is_down() -> None:
+
+    class Down:
+        async def remember(self, iss: str, jti: str, expires_at: datetime) -> bool:
+            raise ConnectionError("database down")
+
+    class Slow:
+        async def remember(self, iss: str, jti: str, expires_at: datetime) -> bool:
+            await asyncio.sleep(5)
+            return True
+
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    store = DegradableReplayStore(Down())
+    assert await store.remember("iss", "a", later) is True
+    assert await store.remember("iss", "a", later) is False  # replay to this replica refused
+    assert store.degraded_checks == 2
+    slow = DegradableReplayStore(Slow(), timeout_s=0.05)
+    started = time.monotonic()
+    assert await slow.remember("iss", "b", later) is True
+    assert time.monotonic() - started < 1.0
+
+
+async def test_degradable_store_trusts_the_database_when_it_answers() -> None:
+
+    shared = MemoryReplayStore()
+    first, second = DegradableReplayStore(shared), DegradableReplayStore(shared)
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    assert await first.remember("iss", "c", later) is True
+    assert await second.remember("iss", "c", later) is False  # another replica saw it
+    assert first.degraded_checks == second.degraded_checks == 0
+
+
+async def test_degradable_store_memory_is_bounded() -> None:
+
+    class Down:
+        async def remember(self, iss: str, jti: str, expires_at: datetime) -> bool:
+            raise ConnectionError("down")
+
+    store = DegradableReplayStore(Down(), max_entries=10)
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    for i in range(50):
+        assert await store.remember("iss", f"j{i}", later) is True
+    assert len(store._memory) <= 10
