@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from service import analytics
 from service.api.deps import authenticate, settings_of
-from service.api.routes import _problem
+from service.api.openapi import problem
 from service.errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -57,11 +57,11 @@ async def authorize_analytics(request: Request) -> None:
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _problem("Bad dates or format"),
-    401: _problem("Authentication failed"),
-    404: _problem("Analytics not enabled"),
-    503: _problem("Database unavailable"),
-    "4XX": _problem("Other client error"),
+    400: problem("Bad dates or format"),
+    401: problem("Authentication failed"),
+    404: problem("Analytics not enabled"),
+    503: problem("Database unavailable"),
+    "4XX": problem("Other client error"),
 }
 
 

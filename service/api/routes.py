@@ -15,6 +15,20 @@ from starlette.responses import Response
 from service import metrics
 from service.api.deps import Caller, authenticate, check_fhir_server, settings_of
 from service.api.jsonbody import parse_json, validate
+from service.api.openapi import (
+    ERRORS,
+    EXPLAIN,
+    FEEDBACK_ACK,
+    HEALTH,
+    READY,
+    feedback_body_schema,
+    hook_body_schema,
+    ok,
+    problem,
+)
+from service.api.openapi import (
+    JSON as JSON_MEDIA,
+)
 from service.cdshooks import models
 from service.cdshooks.discovery import SERVICES, ServiceSpec, service_by_id
 from service.db import repository
@@ -27,8 +41,7 @@ from service.logging import bind
 log = logging.getLogger("service.api")
 router = APIRouter()
 
-JSON = "application/json"
-FHIR_JSON = "application/fhir+json"
+
 CallerDep = Annotated[Caller | None, Depends(authenticate)]
 # Documented as the three ids; any other answers 404 (an OperationOutcome), not a 400.
 ServiceId = Annotated[
@@ -40,47 +53,8 @@ ServiceId = Annotated[
 ]
 
 
-def _inline(schema: dict[str, Any]) -> dict[str, Any]:
-    """A model's JSON schema with its ``$defs`` substituted in place (the models are not
-    recursive), so the OpenAPI document has no reference to a component it does not define."""
-    defs = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return resolve(dict(defs[ref.removeprefix("#/$defs/")]))
-            return {k: resolve(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [resolve(v) for v in node]
-        return node
-
-    resolved: dict[str, Any] = resolve(schema)
-    return resolved
-
-
-_OUTCOME_SCHEMA = _inline(models.OperationOutcome.model_json_schema())
-
-
-def _problem(text: str) -> dict[str, Any]:
-    """An error response: always a FHIR OperationOutcome (service/api/problems.py)."""
-    return {"description": text, "content": {FHIR_JSON: {"schema": _OUTCOME_SCHEMA}}}
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _problem("Malformed JSON or an invalid request"),
-    401: _problem("Authentication failed"),
-    403: _problem("fhirServer not allowed for this caller"),
-    404: _problem("Unknown service"),
-    405: _problem("Method not allowed"),
-    413: _problem("Body too large"),
-    # Any other client error (FastAPI would otherwise document a 422 it never sends).
-    "4XX": _problem("Other client error"),
-}
-
-
 def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type=JSON)
+    return Response(orjson.dumps(data), status_code=status, media_type=JSON_MEDIA)
 
 
 def _service(service_id: str) -> ServiceSpec:
@@ -90,163 +64,10 @@ def _service(service_id: str) -> ServiceSpec:
     return spec
 
 
-_EXAMPLE_PREFETCH = {
-    "patient": {"resourceType": "Patient", "id": "example", "birthDate": "1970-01-01"},
-    "conditions": {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [
-            {
-                "resource": {
-                    "resourceType": "Condition",
-                    "id": "rls",
-                    "clinicalStatus": {"coding": [{"code": "active"}]},
-                    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "32914008"}]},
-                    "subject": {"reference": "Patient/example"},
-                }
-            }
-        ],
-    },
-    "observations": {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [
-            {
-                "resource": {
-                    "resourceType": "Observation",
-                    "id": "ferritin",
-                    "status": "final",
-                    "code": {"coding": [{"system": "http://loinc.org", "code": "2276-4"}]},
-                    "subject": {"reference": "Patient/example"},
-                    "effectiveDateTime": "2026-11-01",
-                    "valueQuantity": {
-                        "value": 40,
-                        "system": "http://unitsofmeasure.org",
-                        "code": "ng/mL",
-                    },
-                }
-            }
-        ],
-    },
-    **dict.fromkeys(["symptoms", "medicationRequests", "medicationStatements", "journal"]),
-}
-
-
-def _hook_body_schema() -> dict[str, Any]:
-    """The hook request as the handlers check it (stricter than the lenient parsing model):
-    a known hook, and a context with patientId and userId. Prefetch values are FHIR resources
-    or null (null: searched, nothing found; absent: fetch it)."""
-    schema = _inline(models.HookRequest.model_json_schema())
-    schema["properties"]["hook"]["enum"] = sorted({s.hook for s in SERVICES})
-    context = schema["properties"]["context"]
-    context["required"] = ["patientId", "userId"]
-    for name in ("patientId", "userId"):
-        context["properties"][name] = {"type": "string", "minLength": 1}
-    auth = schema["properties"]["fhirAuthorization"]["anyOf"][0]["properties"]
-    auth["access_token"]["pattern"] = "^[ -~]+$"  # printable ASCII: it becomes a header value
-    auth["token_type"]["pattern"] = "^[Bb][Ee][Aa][Rr][Ee][Rr]$"
-    schema["properties"]["prefetch"] = {
-        "anyOf": [
-            {
-                "type": "object",
-                "additionalProperties": {
-                    "anyOf": [
-                        {"type": "null"},
-                        {
-                            "type": "object",
-                            "required": ["resourceType"],
-                            "properties": {"resourceType": {"type": "string"}},
-                        },
-                    ]
-                },
-            },
-            {"type": "null"},
-        ]
-    }
-    example = {
-        "hook": "patient-view",
-        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-        "context": {"patientId": "example", "userId": "Practitioner/example"},
-        "prefetch": _EXAMPLE_PREFETCH,
-    }
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {JSON: {"schema": schema, "example": example}},
-        }
-    }
-
-
-def _feedback_body_schema() -> dict[str, Any]:
-    """Feedback as the handler checks it: an RFC 3339 timestamp (with offset), and accepted
-    items name at least one accepted suggestion."""
-    schema = _inline(models.FeedbackRequest.model_json_schema())
-    entry = schema["properties"]["feedback"]["items"]
-    entry["properties"]["outcomeTimestamp"]["format"] = "date-time"
-    entry["if"] = {"properties": {"outcome": {"const": "accepted"}}}
-    entry["then"] = {
-        "required": ["acceptedSuggestions"],
-        "properties": {"acceptedSuggestions": {"type": "array", "minItems": 1}},
-    }
-    example = {
-        "feedback": [
-            {
-                "card": "4e0a3a1f-0a7b-4a0e-9d1c-2f6a3c1d9b11",
-                "outcome": "overridden",
-                "overrideReason": {
-                    "reason": {
-                        "system": "https://sleep-cds.example.org/fhir/CodeSystem/sleep-cds",
-                        "code": "not-clinically-relevant",
-                    }
-                },
-                "outcomeTimestamp": "2026-11-25T09:00:00Z",
-            }
-        ]
-    }
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {JSON: {"schema": schema, "example": example}},
-        }
-    }
-
-
-def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
-
-
-_FEEDBACK_ACK = {
-    "type": "object",
-    "required": ["stored", "duplicates"],
-    "properties": {
-        "stored": {"type": "integer", "minimum": 0, "description": "New items stored"},
-        "duplicates": {"type": "integer", "minimum": 0, "description": "Items already stored"},
-    },
-}
-_EXPLAIN = {
-    "type": "object",
-    "required": ["cards", "rules", "unavailable", "fetches", "skippedResources"],
-    "properties": {
-        "cards": {"type": "array", "items": {"type": "object"}},
-        "rules": {"type": "array", "items": {"type": "object"}},
-        "unavailable": {"type": "array", "items": {"type": "string"}},
-        "fetches": {"type": "object", "additionalProperties": {"type": "string"}},
-        "skippedResources": {"type": "integer"},
-        "unusableLabResults": {"type": "integer"},
-    },
-}
-_HEALTH = {"type": "object", "properties": {"status": {"type": "string"}}}
-_READY = {
-    "type": "object",
-    "required": ["database", "knowledge"],
-    "properties": {"database": {"type": "boolean"}, "knowledge": {"type": "boolean"}},
-}
-
-
 @router.get(
     "/cds-services",
     response_model=models.Discovery,
-    responses={401: _ERRORS[401]},
+    responses={401: ERRORS[401]},
     summary="CDS Hooks discovery",
 )
 async def discovery(request: Request, caller: CallerDep) -> Response:
@@ -316,8 +137,8 @@ async def _run(
 @router.post(
     "/cds-services/{service_id}",
     response_model=models.HookResponse,
-    responses={**_ERRORS, 412: _problem("Data unavailable")},
-    openapi_extra=_hook_body_schema(),
+    responses={**ERRORS, 412: problem("Data unavailable")},
+    openapi_extra=hook_body_schema(),
     summary="Call a CDS service",
 )
 async def call_service(
@@ -420,11 +241,11 @@ async def _audit(
 @router.post(
     "/cds-services/{service_id}/feedback",
     responses={
-        200: _ok("Every item is stored (new or already there)", _FEEDBACK_ACK),
-        **_ERRORS,
-        503: _problem("Not stored: the database is unavailable; retry later"),
+        200: ok("Every item is stored (new or already there)", FEEDBACK_ACK),
+        **ERRORS,
+        503: problem("Not stored: the database is unavailable; retry later"),
     },
-    openapi_extra=_feedback_body_schema(),
+    openapi_extra=feedback_body_schema(),
     summary="Feedback on cards (accepted / overridden)",
 )
 async def feedback(service_id: ServiceId, request: Request, caller: CallerDep) -> Response:
@@ -494,11 +315,11 @@ async def feedback(service_id: ServiceId, request: Request, caller: CallerDep) -
 @router.post(
     "/cds-services/{service_id}/explain",
     responses={
-        200: _ok("Each rule's outcome", _EXPLAIN),
-        **_ERRORS,
-        412: _problem("Data unavailable"),
+        200: ok("Each rule's outcome", EXPLAIN),
+        **ERRORS,
+        412: problem("Data unavailable"),
     },
-    openapi_extra=_hook_body_schema(),
+    openapi_extra=hook_body_schema(),
     summary="For integrators: each rule's outcome for this request (off unless enabled)",
 )
 async def explain(service_id: ServiceId, request: Request, caller: CallerDep) -> Response:
@@ -530,7 +351,7 @@ async def explain(service_id: ServiceId, request: Request, caller: CallerDep) ->
     )
 
 
-@router.get("/healthz", summary="Process is up", responses={200: _ok("Up", _HEALTH)})
+@router.get("/healthz", summary="Process is up", responses={200: ok("Up", HEALTH)})
 async def healthz() -> Response:
     return _json({"status": "ok"})
 
@@ -538,7 +359,7 @@ async def healthz() -> Response:
 @router.get(
     "/readyz",
     summary="Database reachable and knowledge loaded",
-    responses={200: _ok("Ready", _READY), 503: _ok("Not ready", _READY)},
+    responses={200: ok("Ready", READY), 503: ok("Not ready", READY)},
 )
 async def readyz(request: Request) -> Response:
     db_ok = await request.app.state.db.ping()
