@@ -41,8 +41,8 @@ test: install-test ## run the whole test suite
 	$(BIN)/python -m pytest
 
 lint: install-test ## ruff and mypy --strict
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
 
 check: lint test ## everything CI runs

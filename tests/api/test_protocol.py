@@ -436,7 +436,8 @@ def _rows(database_url: str) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT card_uuid, outcome, override_reason_code, override_comment FROM feedback_item ORDER BY card_uuid"
+                "SELECT card_uuid, outcome, override_reason_code, override_comment"
+                " FROM feedback_item ORDER BY card_uuid"
             )
         ).all()
     engine.dispose()

@@ -112,7 +112,7 @@ def test_analyte_conversions_must_include_the_canonical_unit(knowledge_copy: Pat
     data = yaml.safe_load(path.read_text())
     data["analytes"]["ferritin"]["conversions"] = {"ug/L": 1}
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(KnowledgeError, match="analytes.yaml.*canonical unit"):
+    with pytest.raises(KnowledgeError, match=r"analytes\.yaml.*canonical unit"):
         _load(knowledge_copy)
 
 
@@ -121,7 +121,7 @@ def test_invalid_order_resource_is_refused(knowledge_copy: Path) -> None:
     data = yaml.safe_load(path.read_text())
     data["orders"]["polysomnography"]["codes"][0]["display"] = ""  # FHIR strings may not be empty
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(KnowledgeError, match="orders.polysomnography"):
+    with pytest.raises(KnowledgeError, match=r"orders\.polysomnography"):
         _load(knowledge_copy)
 
 
