@@ -661,10 +661,19 @@ def markdown(report: dict[str, Any]) -> str:
         soak = report["soak"]
         lines += [
             "",
-            f"Soak: {soak['seconds']} s at concurrency {soak['concurrency']} "
-            f"({soak['requests']} calls, {soak['errors']} errors): worker RSS "
-            f"start {soak['rss_start_mb']} MB, end {soak['rss_end_mb']} MB, "
-            f"max {soak['rss_max_mb']} MB, slope {soak['rss_slope_mb_per_min']} MB/min",
+            f"Soak (a fresh worker, idle RSS {soak.get('rss_idle_mb', '?')} MB): "
+            f"{soak['seconds']} s at concurrency {soak['concurrency']}, typical calls with one "
+            f"heavy call in 21 ({soak['requests']} calls, {soak['errors']} errors, "
+            f"p50 {soak['p50_ms']:.1f} ms, p99 {soak['p99_ms']:.1f} ms): worker RSS "
+            f"{soak['rss_start_mb']} MB after warm-up, {soak['rss_end_mb']} MB at the end, "
+            f"max {soak['rss_max_mb']} MB, slope {soak['rss_slope_mb_per_min']} MB/min.",
+        ]
+    if report.get("rss_peak_points_mb"):
+        lines += [
+            "",
+            f"Worker RSS of the first worker: {report.get('rss_idle_mb')} MB idle, "
+            f"{report['rss_peak_points_mb']} MB at its highest after a point, "
+            f"{report.get('rss_end_mb')} MB at the end.",
         ]
     if report.get("targets"):
         lines += ["", "| Target | Measured | Met |", "|---|---|---|"]
@@ -1005,21 +1014,36 @@ class Bench:
             registry = self.workdir / "issuers.json"
             tok.write_registry(registry, self.key, [fhir_base] if fhir_base else [])
             db_url = stack.enter_context(database(args.database_url, self.workdir))
+
+            def service_env(port: int) -> dict[str, str]:
+                env = _clean_env()
+                env.update(
+                    {
+                        "CDS_HOST": "127.0.0.1",
+                        "CDS_PORT": str(port),
+                        "CDS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+                        "CDS_TRUSTED_ISSUERS_FILE": str(registry),
+                        "CDS_DATABASE_URL": db_url,
+                        "CDS_LOG_LEVEL": "INFO",
+                    }
+                )
+                return env
+
+            serve = [*_cds_command(), "serve"]
+            if args.experiment:
+                # Not the deployed command: the same server with some Python run first (a tuned
+                # collector, a patched function), to measure a change before making it.
+                serve = [
+                    sys.executable,
+                    "-c",
+                    f"import gc, sys\n{args.experiment}\n"
+                    "from service.cli import main\nsys.exit(main(['serve']))",
+                ]
+                report["config"]["experiment"] = args.experiment
             port = _free_port()
-            env = _clean_env()
-            env.update(
-                {
-                    "CDS_HOST": "127.0.0.1",
-                    "CDS_PORT": str(port),
-                    "CDS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-                    "CDS_TRUSTED_ISSUERS_FILE": str(registry),
-                    "CDS_DATABASE_URL": db_url,
-                    "CDS_LOG_LEVEL": "INFO",
-                }
-            )
             migrate = subprocess.run(
                 [*_cds_command(), "migrate"],
-                env=env,
+                env=service_env(port),
                 cwd=REPO,
                 capture_output=True,
                 text=True,
@@ -1028,17 +1052,9 @@ class Bench:
             if migrate.returncode != 0:
                 raise SystemExit(f"bench: migrate failed: {migrate.stderr[-1000:]}")
             print("bench: starting the service and the baseline ...", file=sys.stderr, flush=True)
-            serve = [*_cds_command(), "serve"]
-            if args.gc_experiment:
-                # Not the deployed command: the same server with the collector tuned first, to
-                # measure what garbage collection costs (see docs/performance.md).
-                serve = [
-                    sys.executable,
-                    "-c",
-                    f"import gc, sys; {args.gc_experiment}; "
-                    "from service.cli import main; sys.exit(main(['serve']))",
-                ]
-            service = stack.enter_context(start_server("service", serve, env, port, self.workdir))
+            service = stack.enter_context(
+                start_server("service", serve, service_env(port), port, self.workdir)
+            )
             base_port = _free_port()
             baseline = stack.enter_context(
                 start_server(
@@ -1118,7 +1134,11 @@ class Bench:
                     service, case, self.workdir / f"bodies-{case.key}.txt"
                 )
             if args.soak and "typical" in by_key and "heavy" in by_key:
-                print(f"bench: soak for {args.soak} s ...", file=sys.stderr, flush=True)
+                # A fresh worker: the points above leave the first one at its high-water mark
+                # (64 heavy bodies at once), which says nothing about steady state.
+                print(
+                    f"bench: soak for {args.soak} s (fresh worker) ...", file=sys.stderr, flush=True
+                )
                 typical_rate = next(
                     (
                         p["service"]["rps"]
@@ -1129,10 +1149,20 @@ class Bench:
                     ),
                     1500.0,
                 )
-                report["soak"] = self.soak(
-                    service, by_key["typical"], by_key["heavy"], typical_rate
-                )
+                soak_port = _free_port()
+                with start_server(
+                    "soak", serve, service_env(soak_port), soak_port, self.workdir
+                ) as fresh:
+                    idle = round(fresh.rss_mb(), 1)
+                    report["soak"] = self.soak(
+                        fresh, by_key["typical"], by_key["heavy"], typical_rate
+                    )
+                    report["soak"]["rss_idle_mb"] = idle
             report["rss_end_mb"] = round(service.rss_mb(), 1)
+            report["rss_peak_points_mb"] = max(
+                (p["service"]["rss_mb"] for c in report["cases"] for p in c["points"]),
+                default=0.0,
+            )
             lines = service.log_path.read_text(errors="replace").splitlines()
             # A client that goes away mid-request (the load generator stopping at the end of a
             # run) is logged by the service as an error; counted apart, it is not a failure.
@@ -1193,9 +1223,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="CI: 1 s points, no warm-up, no soak, tiny engine repeats",
     )
     parser.add_argument(
-        "--gc-experiment",
+        "--experiment",
         default="",
-        help="Python run before serving, e.g. 'gc.set_threshold(50_000, 20, 100)' (not deployed)",
+        help="Python run in the worker before serving, e.g. 'gc.set_threshold(50_000, 20, 100)'"
+        " (not the deployed configuration: for measuring a change before making it)",
     )
     parser.add_argument(
         "--engine-only", action="store_true", help="only the in-process engine timings (no servers)"
