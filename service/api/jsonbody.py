@@ -13,18 +13,20 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _depth_ok(value: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
+    """False if containers nest deeper than ``limit``. Recursion is safe: orjson refuses
+    documents nested over 1,024 levels, and this walk stops at ``limit``."""
+
+    def walk(node: Any, depth: int) -> bool:
         if depth > limit:
             return False
-        if isinstance(node, dict):
-            stack.extend(
-                (child, depth + 1) for child in node.values() if isinstance(child, dict | list)
-            )
-        elif isinstance(node, list):
-            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
-    return True
+        children = node.values() if type(node) is dict else node
+        for child in children:
+            kind = type(child)
+            if (kind is dict or kind is list) and not walk(child, depth + 1):
+                return False
+        return True
+
+    return walk(value, 1)
 
 
 def parse_json(body: bytes, *, max_depth: int) -> Any:

@@ -8,6 +8,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from service.errors import AuthenticationFailed, CDSError
@@ -75,6 +76,10 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ClientDisconnect):
+        # The EHR gave up before sending the whole body: nobody reads this answer.
+        log.info("client disconnected", extra={"outcome": "client-disconnect"})
+        return operation_outcome(400, "Client disconnected", code="incomplete")
     log.error("unhandled error", exc_info=exc, extra={"outcome": "500"})
     return operation_outcome(500, "Internal error", code="exception")
 

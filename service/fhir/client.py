@@ -64,7 +64,7 @@ def make_http_client(
     *,
     connect_s: float = 1.0,
     read_s: float = 2.0,
-    max_connections: int = 20,
+    max_connections: int = 64,
     proxy: str | None = None,
 ) -> httpx.AsyncClient:
     """The one pooled client per process (create it in the app lifespan, close it on shutdown).
@@ -75,7 +75,9 @@ def make_http_client(
     ignored (no surprise proxies or ``.netrc`` credentials).
     """
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=connect_s, read=read_s, write=read_s, pool=0.5),
+        # Waiting for a pooled connection is bounded by the call's deadline, not by a short pool
+        # timeout: under load queries queue instead of failing at once (a 412 for every call).
+        timeout=httpx.Timeout(connect=connect_s, read=read_s, write=read_s, pool=read_s),
         limits=httpx.Limits(
             max_connections=max_connections,
             max_keepalive_connections=max(1, max_connections // 2),
