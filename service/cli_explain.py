@@ -22,12 +22,11 @@ import httpx
 import orjson
 
 from service.cli_hooks import (
-    DEFAULT_SERVICE,
     DEFAULT_USER,
-    HOOKS,
     CliError,
     HookOutcome,
     _token_from_env,
+    add_request_arguments,
     read_drafts,
     run_hook,
 )
@@ -208,23 +207,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Build the same request as `sleep-cds hook`, send it to the service's "
         "/explain endpoint, and print every rule's outcome with its reason, evidence and trace.",
     )
-    explain.add_argument("hook", choices=HOOKS)
-    explain.add_argument("--patient", required=True, help="FHIR Patient id")
-    explain.add_argument("--fhir-server", required=True, help="FHIR base URL sent as fhirServer")
-    explain.add_argument("--service", default=DEFAULT_SERVICE, help="CDS service base URL")
-    explain.add_argument(
-        "--prefetch",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="fill the service's prefetch templates from the FHIR server (default: yes)",
-    )
-    explain.add_argument("--draft", action="append", metavar="FILE", help="draft order JSON")
-    explain.add_argument("--select", action="append", metavar="ID", help="order-select selection")
-    explain.add_argument("--service-id", action="append", metavar="ID", help="only this service")
-    explain.add_argument("--user", default=DEFAULT_USER, help="context.userId")
-    explain.add_argument("--token-env", metavar="VAR", help="env var holding a FHIR bearer token")
-    explain.add_argument("--fhir-deadline", type=float, default=5.0, help="prefetch deadline (s)")
-    explain.add_argument("--timeout", type=float, default=30.0, help="service call timeout (s)")
+    add_request_arguments(explain)
     explain.add_argument(
         "--status",
         action="append",

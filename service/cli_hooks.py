@@ -495,6 +495,27 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_request_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that describe the EHR's request (shared by ``hook`` and ``explain``)."""
+    parser.add_argument("hook", choices=HOOKS)
+    parser.add_argument("--patient", required=True, help="FHIR Patient id")
+    parser.add_argument("--fhir-server", required=True, help="FHIR base URL sent as fhirServer")
+    parser.add_argument("--service", default=DEFAULT_SERVICE, help="CDS service base URL")
+    parser.add_argument(
+        "--prefetch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fill the service's prefetch templates from the FHIR server (default: yes)",
+    )
+    parser.add_argument("--draft", action="append", metavar="FILE", help="draft order JSON")
+    parser.add_argument("--select", action="append", metavar="ID", help="order-select selection")
+    parser.add_argument("--service-id", action="append", metavar="ID", help="only this service")
+    parser.add_argument("--user", default=DEFAULT_USER, help="context.userId")
+    parser.add_argument("--token-env", metavar="VAR", help="env var holding a FHIR bearer token")
+    parser.add_argument("--fhir-deadline", type=float, default=5.0, help="prefetch deadline (s)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="service call timeout (s)")
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``hook`` and ``load`` to the ``sleep-cds`` parser (each sets ``func``)."""
     hook = subparsers.add_parser(
@@ -503,23 +524,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Build a CDS Hooks request (optionally prefetching from the FHIR server), "
         "call every service registered for the hook, print the cards.",
     )
-    hook.add_argument("hook", choices=HOOKS)
-    hook.add_argument("--patient", required=True, help="FHIR Patient id")
-    hook.add_argument("--fhir-server", required=True, help="FHIR base URL sent as fhirServer")
-    hook.add_argument("--service", default=DEFAULT_SERVICE, help="CDS service base URL")
-    hook.add_argument(
-        "--prefetch",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="fill the service's prefetch templates from the FHIR server (default: yes)",
-    )
-    hook.add_argument("--draft", action="append", metavar="FILE", help="draft order JSON")
-    hook.add_argument("--select", action="append", metavar="ID", help="order-select selection")
-    hook.add_argument("--service-id", action="append", metavar="ID", help="only this service")
-    hook.add_argument("--user", default=DEFAULT_USER, help="context.userId")
-    hook.add_argument("--token-env", metavar="VAR", help="env var holding a FHIR bearer token")
-    hook.add_argument("--fhir-deadline", type=float, default=5.0, help="prefetch deadline (s)")
-    hook.add_argument("--timeout", type=float, default=30.0, help="service call timeout (s)")
+    add_request_arguments(hook)
     hook.add_argument("--json", action="store_true", help="print raw responses as JSON")
     hook.set_defaults(func=cmd_hook)
 
