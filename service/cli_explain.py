@@ -11,11 +11,9 @@ answers keyed by service id.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
@@ -23,11 +21,9 @@ import orjson
 
 from service.cli_hooks import (
     DEFAULT_USER,
-    CliError,
     HookOutcome,
-    _token_from_env,
     add_request_arguments,
-    read_drafts,
+    run_from_args,
     run_hook,
 )
 
@@ -168,35 +164,13 @@ def print_explained(
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    try:
-        token = _token_from_env(args.token_env)
-        drafts = read_drafts([Path(p) for p in args.draft or []], args.patient)
-        outcomes = asyncio.run(
-            run_explain(
-                hook=args.hook,
-                patient_id=args.patient,
-                fhir_server=args.fhir_server,
-                service=args.service,
-                prefetch=args.prefetch,
-                drafts=drafts,
-                selections=args.select or [],
-                service_ids=args.service_id or [],
-                user_id=args.user,
-                token=token,
-                fhir_deadline_s=args.fhir_deadline,
-                timeout_s=args.timeout,
-            )
-        )
-    except CliError as exc:
-        print(f"sleep-cds: {exc}", file=sys.stderr)
-        return 1
-    print_explained(
-        outcomes, args.hook, args.json, sys.stdout, args.status or STATUSES, not args.no_trace
+    return run_from_args(
+        args,
+        run_explain,
+        lambda outcomes: print_explained(
+            outcomes, args.hook, args.json, sys.stdout, args.status or STATUSES, not args.no_trace
+        ),
     )
-    errors = [o.error for o in outcomes if o.error]
-    for error in errors:
-        print(f"sleep-cds: {error}", file=sys.stderr)
-    return 1 if errors else 0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

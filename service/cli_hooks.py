@@ -22,7 +22,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -453,12 +453,19 @@ def _token_from_env(name: str | None) -> str | None:
     return token
 
 
-def cmd_hook(args: argparse.Namespace) -> int:
+Runner = Callable[..., Coroutine[Any, Any, list[HookOutcome]]]
+
+
+def run_from_args(
+    args: argparse.Namespace, runner: Runner, show: Callable[[list[HookOutcome]], None]
+) -> int:
+    """The shared body of ``hook`` and ``explain``: build the request from the arguments, run
+    it, show the outcomes, and print each error as one line (exit 1 if any)."""
     try:
         token = _token_from_env(args.token_env)
         drafts = read_drafts([Path(p) for p in args.draft or []], args.patient)
         outcomes = asyncio.run(
-            run_hook(
+            runner(
                 hook=args.hook,
                 patient_id=args.patient,
                 fhir_server=args.fhir_server,
@@ -476,11 +483,17 @@ def cmd_hook(args: argparse.Namespace) -> int:
     except CliError as exc:
         print(f"sleep-cds: {exc}", file=sys.stderr)
         return 1
-    print_outcomes(outcomes, args.hook, args.json, sys.stdout)
+    show(outcomes)
     errors = [o.error for o in outcomes if o.error]
     for error in errors:
         print(f"sleep-cds: {error}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def cmd_hook(args: argparse.Namespace) -> int:
+    return run_from_args(
+        args, run_hook, lambda outcomes: print_outcomes(outcomes, args.hook, args.json, sys.stdout)
+    )
 
 
 def cmd_load(args: argparse.Namespace) -> int:
