@@ -8,9 +8,9 @@ A rule fires only when its condition is true.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from service.engine.record import (
     Concept,
@@ -50,7 +50,7 @@ class Evidence:
     ref: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     value: Truth
     evidence: list[Evidence] = field(default_factory=list)
@@ -83,83 +83,278 @@ def _combine(results: list[Result]) -> tuple[list[Evidence], dict[str, Any], lis
     return evidence, bindings, [line for r in results for line in r.trace]
 
 
-class Evaluator:
-    """Evaluates condition trees against one record; leaf results are memoised per node."""
+def _freeze(value: Any) -> Hashable:
+    """A hashable, type-exact key for a spec's fields: ``1``, ``1.0`` and ``True`` stay apart."""
+    if isinstance(value, dict):
+        return tuple((k, _freeze(v)) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return (type(value).__name__, repr(value))
 
-    def __init__(self, kb: KnowledgeBase, record: PatientRecord, *, explain: bool) -> None:
+
+class Node:
+    """A condition compiled once per knowledge base: its operator's method, its children, and
+    whatever of its spec does not depend on the record (label, value sets, threshold)."""
+
+    __slots__ = ("children", "data", "label", "run", "slot", "spec", "trace_free")
+
+    def __init__(
+        self,
+        slot: int,
+        run: Callable[[Evaluator, Node], Result],
+        children: tuple[Node, ...],
+        spec: Any,
+        label: str,
+        trace_free: bool,
+        data: tuple[Any, ...] = (),
+    ) -> None:
+        self.slot = slot
+        self.run = run
+        self.children = children
+        self.spec = spec
+        self.label = label
+        self.trace_free = trace_free
+        """No ``not`` or ``at_least`` below: without ``explain`` its trace is always empty."""
+        self.data = data
+
+
+class Program:
+    """The compiled condition trees of one knowledge base.
+
+    Structurally equal conditions (the same ``finding`` in six rules) compile to one node, so an
+    evaluator computes each once per record. Compiling happens at start-up (``RuleEngine``); a
+    condition not seen before is compiled on first use.
+    """
+
+    def __init__(self, kb: KnowledgeBase) -> None:
+        self.kb = kb
+        self._by_id: dict[int, tuple[schema.Condition, Node]] = {}
+        self._by_key: dict[Hashable, Node] = {}
+
+    def node(self, condition: schema.Condition) -> Node:
+        entry = self._by_id.get(id(condition))
+        if entry is not None and entry[0] is condition:
+            return entry[1]
+        compiled = self._compile(condition)
+        self._by_id[id(condition)] = (condition, compiled)  # the reference keeps the id valid
+        return compiled
+
+    def _make(
+        self,
+        key: Hashable,
+        run: Callable[[Evaluator, Node], Result],
+        children: tuple[Node, ...] = (),
+        spec: Any = None,
+        label: str = "",
+        data: tuple[Any, ...] = (),
+        trace_free: bool = True,
+    ) -> Node:
+        found = self._by_key.get(key)
+        if found is None:
+            found = Node(len(self._by_key), run, children, spec, label, trace_free, data)
+            self._by_key[key] = found
+        return found
+
+    def _compile(self, node: schema.Condition) -> Node:
+        kb = self.kb
+        if isinstance(node, schema.AllCond):
+            children = tuple(self.node(c) for c in node.all)
+            return self._make(
+                ("all", tuple(c.slot for c in children)),
+                Evaluator._all,
+                children,
+                trace_free=all(c.trace_free for c in children),
+            )
+        if isinstance(node, schema.AnyCond):
+            children = tuple(self.node(c) for c in node.any)
+            return self._make(
+                ("any", tuple(c.slot for c in children)),
+                Evaluator._any,
+                children,
+                trace_free=all(c.trace_free for c in children),
+            )
+        if isinstance(node, schema.NotCond):
+            inner = self.node(node.not_)
+            return self._make(("not", inner.slot), Evaluator._not, (inner,), trace_free=False)
+        if isinstance(node, schema.AtLeastCond):
+            children = tuple(self.node(c) for c in node.at_least.of)
+            need = node.at_least.count
+            return self._make(
+                ("at_least", need, tuple(c.slot for c in children)),
+                Evaluator._at_least,
+                children,
+                spec=need,
+                trace_free=False,
+            )
+        key: Hashable
+        if isinstance(node, schema.FindingCond):
+            spec = node.finding
+            key = ("finding", _freeze(spec.model_dump()))
+            needed = {"condition": "conditions", "observation": "symptoms", "journal": "journal"}
+            label = f"finding {kb.valuesets[spec.valueset].title}"
+            categories = tuple(needed[k] for k in spec.kinds)
+            return self._make(key, Evaluator._finding, (), spec, label, (categories,))
+        if isinstance(node, schema.LabCond):
+            lab = node.lab
+            analyte = kb.analytes[lab.analyte]
+            label = f"lab {analyte.display} {lab.op} {lab.value:g} {lab.unit}"
+            threshold = lab.value * analyte.conversions[lab.unit]
+            key = ("lab", _freeze(lab.model_dump()))
+            return self._make(
+                key,
+                Evaluator._lab,
+                (),
+                lab,
+                label,
+                (analyte, threshold, frozenset(lab.interpretation)),
+            )
+        if isinstance(node, schema.LabMissingCond):
+            missing = node.lab_missing
+            analyte = kb.analytes[missing.analyte]
+            label = f"lab_missing {analyte.display} within {missing.within_days} days"
+            key = ("lab_missing", _freeze(missing.model_dump()))
+            return self._make(key, Evaluator._lab_missing, (), missing, label, (analyte,))
+        if isinstance(node, schema.MedicationCond):
+            med = node.medication
+            valueset = kb.valuesets[med.valueset]
+            key = ("medication", _freeze(med.model_dump()))
+            return self._make(
+                key,
+                Evaluator._medication,
+                (),
+                med,
+                f"medication {valueset.title}",
+                (escape_markdown(valueset.title),),
+            )
+        if isinstance(node, schema.MedicationBeforeFindingCond):
+            before = node.medication_before_finding
+            drugs = kb.valuesets[before.medication]
+            key = ("medication_before_finding", _freeze(before.model_dump()))
+            return self._make(
+                key,
+                Evaluator._medication_before_finding,
+                (),
+                before,
+                f"medication_before_finding {drugs.title}",
+            )
+        if isinstance(node, schema.DraftOrderCond):
+            draft = node.draft_order
+            valueset = kb.valuesets[draft.valueset]
+            key = ("draft_order", _freeze(draft.model_dump()))
+            return self._make(
+                key,
+                Evaluator._draft,
+                (),
+                draft,
+                f"draft_order {valueset.title}",
+                (escape_markdown(valueset.title),),
+            )
+        if isinstance(node, schema.JournalCond):
+            journal = node.journal
+            label = (
+                f"journal {journal.item} {journal.op} {journal.value} "
+                f"on ≥{journal.min_nights} nights"
+            )
+            item = kb.journal_labels.get(journal.item, journal.item)
+            answer = "" if journal.value is True else f" {journal.op} {journal.value}"
+            key = ("journal", _freeze(journal.model_dump()))
+            return self._make(
+                key,
+                Evaluator._journal,
+                (),
+                journal,
+                label,
+                (COMPARATORS[journal.op], isinstance(journal.value, bool), item + answer),
+            )
+        if isinstance(node, schema.AgeCond):
+            age = node.age
+            key = ("age", _freeze(age.model_dump()))
+            return self._make(
+                key, Evaluator._age, (), age, f"age {age.op} {age.years}", (COMPARATORS[age.op],)
+            )
+        raise TypeError(type(node).__name__)  # pragma: no cover - the schema admits no other node
+
+
+class Evaluator:
+    """Evaluates condition trees against one record; results are memoised per compiled node."""
+
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        record: PatientRecord,
+        *,
+        explain: bool,
+        program: Program | None = None,
+    ) -> None:
         self.kb = kb
         self.record = record
         self.explain = explain
+        self.program = program if program is not None and program.kb is kb else Program(kb)
         self._memo: dict[int, Result] = {}
         self._in_valueset: dict[str, list[Finding]] = {}
+        self._matching: dict[tuple[str, tuple[str, ...], int | None], list[Finding]] = {}
         self._by_concept: dict[Concept, list[tuple[int, Finding]]] | None = None
         self._nights_within: dict[int, list[JournalNight]] = {}
+        self._answers_within: dict[tuple[str, int], list[tuple[JournalNight, Any]]] = {}
+        self._classes: dict[tuple[str, str, str | None], list[Any]] = {}
 
     def evaluate(self, node: schema.Condition) -> Result:
-        key = id(node)
-        cached = self._memo.get(key)
+        return self._eval(self.program.node(node))
+
+    def _eval(self, node: Node) -> Result:
+        cached = self._memo.get(node.slot)
         if cached is None:
-            cached = self._evaluate(node)
-            self._memo[key] = cached
+            cached = self._memo[node.slot] = node.run(self, node)
         return cached
 
-    def _evaluate(self, node: schema.Condition) -> Result:
-        if isinstance(node, schema.AllCond):
-            parts = [self.evaluate(child) for child in node.all]
-            values = [p.value for p in parts]
-            value: Truth = False if False in values else (None if None in values else True)
-            return Result(value, *_combine(parts)) if value else Result(value, trace=_trace(parts))
-        if isinstance(node, schema.AnyCond):
-            parts = [self.evaluate(child) for child in node.any]
-            values = [p.value for p in parts]
-            value = True if True in values else (None if None in values else False)
-            return Result(value, *_combine(parts)) if value else Result(value, trace=_trace(parts))
-        if isinstance(node, schema.NotCond):
-            inner = self.evaluate(node.not_)
-            value = None if inner.value is None else not inner.value
-            return Result(value, trace=[f"not → {_word(value)}", *inner.trace])
-        if isinstance(node, schema.AtLeastCond):
-            parts = [self.evaluate(child) for child in node.at_least.of]
-            trues = sum(p.value is True for p in parts)
-            unknowns = sum(p.value is None for p in parts)
-            need = node.at_least.count
-            value = True if trues >= need else (None if trues + unknowns >= need else False)
-            if value:
-                return Result(value, *_combine(parts))
-            return Result(value, trace=[f"at least {need}: {trues} true", *_trace(parts)])
-        return self._leaf(node)
+    # combinators ------------------------------------------------------------------------------
 
-    def _leaf(self, node: schema.Condition) -> Result:
-        if isinstance(node, schema.FindingCond):
-            result = self._finding(node.finding)
-        elif isinstance(node, schema.LabCond):
-            result = self._lab(node.lab)
-        elif isinstance(node, schema.LabMissingCond):
-            result = self._lab_missing(node.lab_missing)
-        elif isinstance(node, schema.MedicationCond):
-            result = self._medication(node.medication)
-        elif isinstance(node, schema.MedicationBeforeFindingCond):
-            result = self._medication_before_finding(node.medication_before_finding)
-        elif isinstance(node, schema.DraftOrderCond):
-            result = self._draft(node.draft_order)
-        elif isinstance(node, schema.JournalCond):
-            result = self._journal(node.journal)
-        elif isinstance(node, schema.AgeCond):
-            result = self._age(node.age)
-        else:  # pragma: no cover - the schema admits no other node
-            raise TypeError(type(node).__name__)
-        return result
+    def _all(self, node: Node) -> Result:
+        parts = []
+        children = node.children
+        for index, child in enumerate(children):
+            part = self._eval(child)
+            parts.append(part)
+            if part.value is False and not self.explain:
+                # False whatever follows. Without ``explain`` only ``not`` and ``at_least`` nodes
+                # add trace lines, so the rest is evaluated only where it could add one.
+                parts += [self._eval(c) for c in children[index + 1 :] if not c.trace_free]
+                return Result(False, trace=_trace(parts))
+        values = [p.value for p in parts]
+        value: Truth = False if False in values else (None if None in values else True)
+        return Result(value, *_combine(parts)) if value else Result(value, trace=_trace(parts))
+
+    def _any(self, node: Node) -> Result:
+        parts = [self._eval(child) for child in node.children]
+        values = [p.value for p in parts]
+        value = True if True in values else (None if None in values else False)
+        return Result(value, *_combine(parts)) if value else Result(value, trace=_trace(parts))
+
+    def _not(self, node: Node) -> Result:
+        inner = self._eval(node.children[0])
+        value = None if inner.value is None else not inner.value
+        return Result(value, trace=[f"not → {_word(value)}", *inner.trace])
+
+    def _at_least(self, node: Node) -> Result:
+        parts = [self._eval(child) for child in node.children]
+        trues = sum(p.value is True for p in parts)
+        unknowns = sum(p.value is None for p in parts)
+        need = node.spec
+        value = True if trues >= need else (None if trues + unknowns >= need else False)
+        if value:
+            return Result(value, *_combine(parts))
+        return Result(value, trace=[f"at least {need}: {trues} true", *_trace(parts)])
 
     # helpers ----------------------------------------------------------------------------------
 
     def _unavailable(self, *categories: str) -> bool:
-        return any(c in self.record.unavailable for c in categories)
+        unavailable = self.record.unavailable
+        return bool(unavailable) and any(c in unavailable for c in categories)
 
     def _result(self, label: str, value: Truth, detail: str = "") -> Result:
-        trace = (
-            [f"{label}: {_word(value)}{' — ' + detail if detail else ''}"] if self.explain else []
-        )
-        return Result(value, trace=trace)
+        if not self.explain:
+            return Result(value)
+        return Result(value, trace=[f"{label}: {_word(value)}{' — ' + detail if detail else ''}"])
 
     def _findings_in(self, url: str) -> list[Finding]:
         """Every finding whose concept is in the value set, in record order.
@@ -189,6 +384,10 @@ class Evaluator:
     def _matching_findings(
         self, url: str, kinds: tuple[str, ...], within_days: int | None
     ) -> list[Finding]:
+        key = (url, kinds, within_days)
+        found = self._matching.get(key)
+        if found is not None:
+            return found
         lookback = self.kb.policy.finding_lookback_days
         as_of = self.record.as_of
         found = []
@@ -205,19 +404,18 @@ class Evaluator:
             ):
                 continue
             found.append(finding)
+        self._matching[key] = found
         return found
 
     # leaves -----------------------------------------------------------------------------------
 
-    def _finding(self, spec: schema.FindingSpec) -> Result:
-        valueset = self.kb.valuesets[spec.valueset]
-        label = f"finding {valueset.title}"
+    def _finding(self, node: Node) -> Result:
+        spec: schema.FindingSpec = node.spec
         found = self._matching_findings(spec.valueset, spec.kinds, spec.within_days)
         if not found:
-            needed = {"condition": "conditions", "observation": "symptoms", "journal": "journal"}
-            if self._unavailable(*(needed[k] for k in spec.kinds)):
-                return self._result(label, None, "symptom data could not be read")
-            return self._result(label, False)
+            if self._unavailable(*node.data[0]):
+                return self._result(node.label, None, "symptom data could not be read")
+            return self._result(node.label, False)
         names = sorted({f.concept.label for f in found})
         evidence = [
             Evidence(
@@ -229,17 +427,17 @@ class Evaluator:
             )
             for f in found[:5]
         ]
-        first = min((f.when for f in found if f.when), default=None)
-        binding = {"names": ", ".join(names), "count": len(found), "since": first}
-        result = self._result(label, True, ", ".join(names))
+        result = self._result(node.label, True, ", ".join(names))
         result.evidence = evidence
         if spec.as_:
+            first = min((f.when for f in found if f.when), default=None)
+            binding = {"names": ", ".join(names), "count": len(found), "since": first}
             result.bindings[spec.as_] = binding
         return result
 
     def _newest(self, analyte: str, within_days: int) -> tuple[LabResult | None, LabResult | None]:
         """(newest result within the window, newest result at all)."""
-        results = self.record.labs.get(analyte) or []
+        results = self.record.labs.get(analyte)
         newest = results[0] if results else None
         if newest is not None and (self.record.as_of - newest.when).days <= within_days:
             return newest, newest
@@ -269,40 +467,48 @@ class Evaluator:
             "display": self.kb.analytes[lab.analyte].display,
         }
 
-    def _lab(self, spec: schema.LabSpec) -> Result:
-        analyte = self.kb.analytes[spec.analyte]
-        label = f"lab {analyte.display} {spec.op} {spec.value:g} {spec.unit}"
+    def _lab(self, node: Node) -> Result:
+        spec: schema.LabSpec = node.spec
+        analyte, threshold, wanted = node.data
+        label = node.label
         lab, _ = self._newest(spec.analyte, spec.within_days)
         if lab is None:
             if self._unavailable("observations"):
                 return self._result(label, None, "lab results could not be read")
             return self._result(label, False, f"no result within {spec.within_days} days")
-        threshold = spec.value * analyte.conversions[spec.unit]
-        flagged = bool(lab.interpretation & set(spec.interpretation))
+        flagged = bool(lab.interpretation & wanted)
         value: Truth
+        # How the value was decided, for the trace: "flag", "low", "high" or "threshold".
         if spec.decide == "either" and flagged:
-            value, how = True, "lab interpretation " + ",".join(sorted(lab.interpretation))
+            value, how = True, "flag"
         elif spec.decide == "lab-first" and spec.interpretation and lab.interpretation:
-            value = flagged
-            how = "lab interpretation " + ",".join(sorted(lab.interpretation))
+            value, how = flagged, "flag"
         elif (
             spec.decide == "lab-first"
             and spec.reference_range == "low"
             and lab.ref_low is not None
             and lab.comparator is None
         ):
-            value, how = lab.value < lab.ref_low, "below the lab's reference range"
+            value, how = lab.value < lab.ref_low, "low"
         elif (
             spec.decide == "lab-first"
             and spec.reference_range == "high"
             and lab.ref_high is not None
             and lab.comparator is None
         ):
-            value, how = lab.value > lab.ref_high, "above the lab's reference range"
+            value, how = lab.value > lab.ref_high, "high"
         else:
-            value = _compare(spec.op, lab, threshold)
-            shown = f"{lab.comparator or ''}{_fmt(lab.value)} {analyte.unit}"
-            how = f"{shown} {spec.op} {_fmt(threshold)}"
+            value, how = _compare(spec.op, lab, threshold), "threshold"
+        if self.explain:
+            if how == "flag":
+                how = "lab interpretation " + ",".join(sorted(lab.interpretation))
+            elif how == "low":
+                how = "below the lab's reference range"
+            elif how == "high":
+                how = "above the lab's reference range"
+            else:
+                shown = f"{lab.comparator or ''}{_fmt(lab.value)} {analyte.unit}"
+                how = f"{shown} {spec.op} {_fmt(threshold)}"
         if value is None:
             return self._result(label, None, f"reported as a bound: {how}")
         result = self._result(label, value, how)
@@ -316,9 +522,10 @@ class Evaluator:
                 result.bindings[spec.as_] = self._lab_binding(lab)
         return result
 
-    def _lab_missing(self, spec: schema.LabMissingSpec) -> Result:
-        analyte = self.kb.analytes[spec.analyte]
-        label = f"lab_missing {analyte.display} within {spec.within_days} days"
+    def _lab_missing(self, node: Node) -> Result:
+        spec: schema.LabMissingSpec = node.spec
+        analyte = node.data[0]
+        label = node.label
         if self._unavailable("observations"):
             return self._result(label, None, "lab results could not be read")
         recent, newest = self._newest(spec.analyte, spec.within_days)
@@ -342,32 +549,41 @@ class Evaluator:
             }
         return result
 
-    def _in_class(self, items: list[ConceptT], include: str, exclude: str | None) -> list[ConceptT]:
+    def _in_class(
+        self, kind: str, items: list[ConceptT], include: str, exclude: str | None
+    ) -> list[ConceptT]:
         """Items whose concept is in ``include`` and not in ``exclude`` (drug-class exceptions)."""
+        key = (kind, include, exclude)
+        found = self._classes.get(key)
+        if found is not None:
+            return found
         wanted = self.kb.valuesets[include]
         unwanted = self.kb.valuesets[exclude] if exclude else None
-        return [
+        found = self._classes[key] = [
             item
             for item in items
             if wanted.matches(item.concept.codings, item.concept.text)
             and not (unwanted and unwanted.matches(item.concept.codings, item.concept.text))
         ]
+        return found
 
-    def _medication(self, spec: schema.MedicationSpec) -> Result:
-        valueset = self.kb.valuesets[spec.valueset]
-        label = f"medication {valueset.title}"
-        found = self._in_class(self.record.medications, spec.valueset, spec.exclude_valueset)
+    def _medication(self, node: Node) -> Result:
+        spec: schema.MedicationSpec = node.spec
+        label = node.label
+        found = self._in_class(
+            "medication", self.record.medications, spec.valueset, spec.exclude_valueset
+        )
         if not found:
             if self._unavailable("medications"):
                 return self._result(label, None, "medications could not be read")
             return self._result(label, False)
         names = sorted({m.concept.label for m in found})
         result = self._result(label, True, ", ".join(names))
+        title = node.data[0]
         result.evidence = [
             Evidence(
                 "medication",
-                f"Active medication: {escape_markdown(m.concept.label)} "
-                f"({escape_markdown(valueset.title)})"
+                f"Active medication: {escape_markdown(m.concept.label)} ({title})"
                 + (f", since {m.started.isoformat()}" if m.started else ""),
                 f"med:{m.ref}:{m.concept.label}",
                 m.ref,
@@ -378,9 +594,10 @@ class Evaluator:
             result.bindings[spec.as_] = {"names": ", ".join(names), "count": len(found)}
         return result
 
-    def _medication_before_finding(self, spec: schema.MedicationBeforeFindingSpec) -> Result:
+    def _medication_before_finding(self, node: Node) -> Result:
+        spec: schema.MedicationBeforeFindingSpec = node.spec
         drugs = self.kb.valuesets[spec.medication]
-        label = f"medication_before_finding {drugs.title}"
+        label = node.label
         findings = [
             f
             for f in self._matching_findings(
@@ -422,19 +639,19 @@ class Evaluator:
             return self._result(label, None, "data could not be read")
         return self._result(label, False)
 
-    def _draft(self, spec: schema.DraftOrderSpec) -> Result:
-        valueset = self.kb.valuesets[spec.valueset]
-        label = f"draft_order {valueset.title}"
-        found = self._in_class(self.record.drafts, spec.valueset, spec.exclude_valueset)
+    def _draft(self, node: Node) -> Result:
+        spec: schema.DraftOrderSpec = node.spec
+        label = node.label
+        found = self._in_class("draft", self.record.drafts, spec.valueset, spec.exclude_valueset)
         if not found:
             return self._result(label, False)
         names = sorted({d.concept.label for d in found})
         result = self._result(label, True, ", ".join(names))
+        title = node.data[0]
         result.evidence = [
             Evidence(
                 "draft",
-                f"Draft order: {escape_markdown(d.concept.label)} "
-                f"({escape_markdown(valueset.title)})",
+                f"Draft order: {escape_markdown(d.concept.label)} ({title})",
                 f"draft:{d.ref}:{d.concept.label}",
                 None,
             )
@@ -448,38 +665,51 @@ class Evaluator:
             }
         return result
 
-    def _journal(self, spec: schema.JournalSpec) -> Result:
-        label = f"journal {spec.item} {spec.op} {spec.value} on ≥{spec.min_nights} nights"
-        if self._unavailable("journal"):
-            return self._result(label, None, "sleep journal could not be read")
-        window = self._nights_within.get(spec.within_days)
+    def _window(self, within_days: int) -> list[JournalNight]:
+        window = self._nights_within.get(within_days)
         if window is None:
             as_of = self.record.as_of
-            window = self._nights_within[spec.within_days] = [
-                n for n in self.record.nights if 0 <= (as_of - n.night).days <= spec.within_days
+            window = self._nights_within[within_days] = [
+                n for n in self.record.nights if 0 <= (as_of - n.night).days <= within_days
             ]
-        compare = COMPARATORS[spec.op]
+        return window
+
+    def _journal(self, node: Node) -> Result:
+        spec: schema.JournalSpec = node.spec
+        label = node.label
+        if self._unavailable("journal"):
+            return self._result(label, None, "sleep journal could not be read")
+        key = (spec.item, spec.within_days)
+        answered = self._answers_within.get(key)
+        if answered is None:
+            item = spec.item
+            answered = self._answers_within[key] = [
+                (night, night.answers[item])
+                for night in self._window(spec.within_days)
+                if night.answers.get(item) is not None
+            ]
+        compare, want_bool, wording = node.data
+        expected = spec.value
         hits = []
-        for night in window:
-            answer = night.answers.get(spec.item)
-            if answer is None or isinstance(answer, bool) != isinstance(spec.value, bool):
+        for night, answer in answered:
+            if isinstance(answer, bool) != want_bool:
                 continue
             try:
-                if compare(answer, spec.value):
+                if compare(answer, expected):
                     hits.append(night)
             except TypeError:
                 continue
         value = len(hits) >= spec.min_nights
-        detail = f"{len(hits)} of {len(window)} nights in the last {spec.within_days} days"
+        if not value and not self.explain:
+            return Result(False)
+        nights = len(self._window(spec.within_days))
+        detail = f"{len(hits)} of {nights} nights in the last {spec.within_days} days"
         result = self._result(label, value, detail)
         if value:
-            item = self.kb.journal_labels.get(spec.item, spec.item)
-            answer = "" if spec.value is True else f" {spec.op} {spec.value}"
-            text = f"Sleep journal: {item}{answer} on {detail}"
             result.evidence = [
                 Evidence(
                     "journal",
-                    escape_markdown(text),
+                    escape_markdown(f"Sleep journal: {wording} on {detail}"),
                     f"journal:{spec.item}:{hits[0].night}:{len(hits)}",
                     hits[0].ref,
                 )
@@ -487,17 +717,17 @@ class Evaluator:
             if spec.as_:
                 result.bindings[spec.as_] = {
                     "nights": len(hits),
-                    "of": len(window),
+                    "of": nights,
                     "days": spec.within_days,
                 }
         return result
 
-    def _age(self, spec: schema.AgeSpec) -> Result:
+    def _age(self, node: Node) -> Result:
+        spec: schema.AgeSpec = node.spec
         age = self.record.age_years
-        label = f"age {spec.op} {spec.years}"
         if age is None:
-            return self._result(label, None, "no birth date")
-        return self._result(label, COMPARATORS[spec.op](age, spec.years), f"age {age}")
+            return self._result(node.label, None, "no birth date")
+        return self._result(node.label, node.data[0](age, spec.years), f"age {age}")
 
 
 def _compare(op: str, lab: LabResult, threshold: float) -> Truth:
@@ -533,18 +763,37 @@ def _kind_label(finding: Finding) -> str:
 
 
 class RuleEngine:
-    """Runs the rules of one hook against a record; knowledge is shared, state is per call."""
+    """Runs the rules of one hook against a record; knowledge is shared, state is per call.
+
+    Every condition tree is compiled here, once, not per call.
+    """
 
     def __init__(self, kb: KnowledgeBase) -> None:
         self.kb = kb
+        self.program = Program(kb)
+        self._complaint = self.program.node(kb.policy.complaint)
+        self._rules: dict[str, tuple[tuple[schema.Rule, Node, tuple[Node, ...]], ...]] = {}
+        for hook in get_args(schema.Hook):
+            self._rules_for(hook)
+
+    def _rules_for(self, hook: str) -> tuple[tuple[schema.Rule, Node, tuple[Node, ...]], ...]:
+        """The hook's rules with their compiled conditions."""
+        rules = self._rules.get(hook)
+        if rules is None:
+            node = self.program.node
+            rules = self._rules[hook] = tuple(
+                (rule, node(rule.when), tuple(node(e.when) for e in rule.card.escalate))
+                for rule in self.kb.rules_for(hook)
+            )
+        return rules
 
     def run(self, hook: str, record: PatientRecord, *, explain: bool = False) -> list[RuleOutcome]:
-        evaluator = Evaluator(self.kb, record, explain=explain)
-        complaint = evaluator.evaluate(self.kb.policy.complaint)
+        evaluator = Evaluator(self.kb, record, explain=explain, program=self.program)
+        complaint = evaluator._eval(self._complaint)
         age = record.age_years
         paediatric = age is not None and age < self.kb.policy.adult_age_years
         outcomes: list[RuleOutcome] = []
-        for rule in self.kb.rules_for(hook):
+        for rule, when, escalations in self._rules_for(hook):
             if (rule.population == "adult" and paediatric) or (
                 rule.population == "pediatric" and not paediatric
             ):
@@ -559,7 +808,7 @@ class RuleEngine:
                 )
                 outcomes.append(RuleOutcome(rule, status, reason=reason, trace=complaint.trace))
                 continue
-            result = evaluator.evaluate(rule.when)
+            result = evaluator._eval(when)
             if result.value is None:
                 outcomes.append(
                     RuleOutcome(
@@ -574,8 +823,8 @@ class RuleEngine:
                 continue
             indicator = rule.card.indicator
             evidence = list(result.evidence)
-            for escalation in rule.card.escalate:
-                escalated = evaluator.evaluate(escalation.when)
+            for escalation, escalation_node in zip(rule.card.escalate, escalations, strict=True):
+                escalated = evaluator._eval(escalation_node)
                 if escalated.value is True and (
                     SEVERITY[escalation.indicator] > SEVERITY[indicator]
                 ):
