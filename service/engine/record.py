@@ -119,11 +119,22 @@ class PatientRecord:
 
 # --- primitives -------------------------------------------------------------------------------
 
+_from_iso = date.fromisoformat
+_INF = float("inf")
+_NO_FLAGS: frozenset[str] = frozenset()
+
 
 def parse_date(value: object) -> date | None:
     """FHIR date/dateTime/instant → date (partial dates to their first day); None if unreadable."""
     if not isinstance(value, str) or len(value) < 4:
         return None
+    if len(value) >= 10 and value[4] == "-" and value[7] == "-":
+        # The usual YYYY-MM-DD: one C call. With these two dashes ISO accepts nothing else, so a
+        # date it returns is the one the field-by-field parse below gives.
+        try:
+            return _from_iso(value[:10])
+        except ValueError:
+            pass  # not plain digits: the lenient parse below decides
     try:
         year = int(value[0:4])
         month = int(value[5:7]) if len(value) >= 7 else 1
@@ -194,7 +205,13 @@ def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     number = float(value)
-    return number if number == number and abs(number) != float("inf") else None
+    return number if number == number and abs(number) != _INF else None
+
+
+def _finite(value: float) -> float | None:
+    """``_number`` of an exact int or float."""
+    number = float(value)
+    return number if number == number and abs(number) != _INF else None
 
 
 # --- the reader -------------------------------------------------------------------------------
@@ -210,6 +227,16 @@ class RecordReader:
         self.journal_url = kb.journal_url
         self.absent_codes = frozenset(c.code for c in kb.policy.absent_codes)
         self.not_about_patient = kb.not_about_patient
+        self._conversions = {name: a.conversions for name, a in kb.analytes.items()}
+        self._units = {name: a.unit for name, a in kb.analytes.items()}
+        self._lookback = kb.policy.finding_lookback_days
+        # A journal answer's finding concept depends only on its linkId: built once, shared.
+        self._journal_concepts = {
+            link_id: Concept(
+                ((CODESYSTEM_URL, link_id),), "", kb.journal_labels.get(link_id, link_id)
+            )
+            for link_id in kb.journal_items
+        }
 
     def _codes_only(self, concept: Concept | None) -> Concept | None:
         """Clauses that negate or are about someone else ("family history of epilepsy", "no
@@ -241,20 +268,22 @@ class RecordReader:
         medications: dict[str, dict[str, Any]] = {}
         pending_meds: list[dict[str, Any]] = []
         seen: set[str] = set()
+        subjects: dict[str, bool] = {}  # reference → about this patient, once per distinct value
         for resource in resources:
             if not isinstance(resource, dict):
                 record.skipped += 1
                 continue
-            ref = _ref(resource)
-            if ref and ref in seen:
-                continue  # the same resource from two prefetch keys counts once
+            kind = resource.get("resourceType")
+            rid = resource.get("id")
+            ref = f"{kind}/{rid}" if isinstance(rid, str) else ""
             if ref:
+                if ref in seen:
+                    continue  # the same resource from two prefetch keys counts once
                 seen.add(ref)
-            if not self._about_patient(resource, record.patient_id):
+            if not self._about_patient(resource, record.patient_id, subjects):
                 record.skipped += 1  # another patient's data must never reach this patient's cards
                 continue
             try:
-                kind = resource.get("resourceType")
                 if kind == "Observation":
                     self._observation(record, resource)
                 elif kind == "Condition":
@@ -295,13 +324,22 @@ class RecordReader:
         return record
 
     @staticmethod
-    def _about_patient(resource: dict[str, Any], patient_id: str) -> bool:
+    def _about_patient(
+        resource: dict[str, Any], patient_id: str, known: dict[str, bool] | None = None
+    ) -> bool:
         """False when the resource's subject/patient names a different Patient."""
         for key in ("subject", "patient"):
             reference = resource.get(key)
             target = reference.get("reference") if isinstance(reference, dict) else None
             if isinstance(target, str) and "Patient/" in target:
-                return target.rstrip("/").rsplit("Patient/", 1)[1].split("/")[0] == patient_id
+                if known is not None:
+                    about = known.get(target)
+                    if about is not None:
+                        return about
+                about = target.rstrip("/").rsplit("Patient/", 1)[1].split("/")[0] == patient_id
+                if known is not None:
+                    known[target] = about
+                return about
         return True
 
     def _derive(self, record: PatientRecord) -> None:
@@ -374,24 +412,35 @@ class RecordReader:
         if concept is None:
             record.skipped += 1
             return
-        analyte = next(
-            (self.analyte_by_code[k] for k in concept.codings if k in self.analyte_by_code), None
-        )
-        when = self._effective(resource)
+        analyte = None
+        by_code = self.analyte_by_code
+        for key in concept.codings:
+            analyte = by_code.get(key)
+            if analyte is not None:
+                break
         if analyte is not None:
-            if status not in USABLE_OBSERVATION_STATUS or when is None:
+            if status not in USABLE_OBSERVATION_STATUS:
+                record.unusable_labs += 1
+                return
+            when = self._effective(resource)
+            if when is None:
                 record.unusable_labs += 1
                 return
             lab = self._lab(analyte, resource, when, concept)
             if lab is None:
                 record.unusable_labs += 1
                 return
-            record.labs.setdefault(analyte, []).append(lab)
+            labs = record.labs.get(analyte)
+            if labs is None:
+                record.labs[analyte] = [lab]
+            else:
+                labs.append(lab)
             return
         if status not in REPORTED_OBSERVATION_STATUS:
             return
         if not self._positive(resource):
             return
+        when = self._effective(resource)
         # The value is part of the finding: LOINC "Pregnancy status" = SNOMED "Pregnant".
         concept = self._codes_only(
             _merge([concept, concept_of(resource.get("valueCodeableConcept"))])
@@ -401,10 +450,12 @@ class RecordReader:
 
     @staticmethod
     def _effective(resource: dict[str, Any]) -> date | None:
+        when = parse_date(resource.get("effectiveDateTime"))
+        if when is not None:
+            return when
         period = resource.get("effectivePeriod")
         return (
-            parse_date(resource.get("effectiveDateTime"))
-            or (parse_date(period.get("start")) if isinstance(period, dict) else None)
+            (parse_date(period.get("start")) if isinstance(period, dict) else None)
             or parse_date(resource.get("effectiveInstant"))
             or parse_date(resource.get("issued"))
         )
@@ -429,14 +480,10 @@ class RecordReader:
                     return False
         return True
 
-    def _unit(self, analyte: str, raw: str) -> float | None:
-        conversions = self.kb.analytes[analyte].conversions
-        unit = self.unit_aliases.get(raw, raw)
-        return conversions.get(unit)
-
     def _lab(
         self, analyte: str, resource: dict[str, Any], when: date, concept: Concept
     ) -> LabResult | None:
+        # Called for every lab Observation of the record: the helpers are inlined.
         quantity = resource.get("valueQuantity")
         raw_unit = ""
         comparator = None
@@ -444,52 +491,69 @@ class RecordReader:
             comparator = quantity.get("comparator")
             if comparator not in (None, "<", "<=", ">", ">="):
                 return None  # "ad" (sufficient to achieve) is not a measured bound
-            value = _number(quantity.get("value"))
+            raw = quantity.get("value")
             code = quantity.get("code")
-            unit_text = quantity.get("unit")
             if isinstance(code, str) and quantity.get("system") in (UCUM, None):
                 raw_unit = code
-            elif isinstance(unit_text, str):
-                raw_unit = unit_text
+            else:
+                unit_text = quantity.get("unit")
+                if isinstance(unit_text, str):
+                    raw_unit = unit_text
         else:
-            value = _number(resource.get("valueInteger"))
+            raw = resource.get("valueInteger")
+        value = _finite(raw) if raw.__class__ is float or raw.__class__ is int else _number(raw)
         if value is None:
             return None
-        factor = self._unit(analyte, raw_unit)
+        conversions = self._conversions[analyte]
+        aliases = self.unit_aliases
+        factor = conversions.get(aliases.get(raw_unit, raw_unit))
         if factor is None:
             return None  # an unknown unit is never guessed
         ref_low = ref_high = None
         ranges = resource.get("referenceRange")
         if isinstance(ranges, list) and ranges and isinstance(ranges[0], dict):
-            ref_low = self._bound(analyte, ranges[0].get("low"))
-            ref_high = self._bound(analyte, ranges[0].get("high"))
-        interpretation: set[str] = set()
+            first = ranges[0]
+            for side in ("low", "high"):
+                bound = first.get(side)
+                if not isinstance(bound, dict):
+                    continue
+                number = _number(bound.get("value"))
+                unit = bound.get("code") or bound.get("unit") or ""
+                if not isinstance(unit, str):
+                    unit = ""
+                scale = conversions.get(aliases.get(unit, unit))
+                if number is not None and scale is not None:
+                    if side == "low":
+                        ref_low = number * scale
+                    else:
+                        ref_high = number * scale
+        interpretation = _NO_FLAGS
         raw_interp = resource.get("interpretation")
-        if isinstance(raw_interp, list):
+        if isinstance(raw_interp, list) and raw_interp:
+            flags: set[str] = set()
             for item in raw_interp:
-                interpretation.update(_codes(item))
+                codings = item.get("coding") if isinstance(item, dict) else None
+                if isinstance(codings, list):
+                    for coding in codings:
+                        if isinstance(coding, dict):
+                            flag = coding.get("code")
+                            if isinstance(flag, str):
+                                flags.add(flag)
+            interpretation = frozenset(flags)
         return LabResult(
-            analyte=analyte,
-            ref=_ref(resource),
-            value=value * factor,
-            unit=self.kb.analytes[analyte].unit,
-            raw_value=value,
-            raw_unit=raw_unit,
-            when=when,
-            interpretation=frozenset(interpretation),
-            ref_low=ref_low,
-            ref_high=ref_high,
-            label=concept.label,
-            comparator=comparator,
+            analyte,
+            _ref(resource),
+            value * factor,
+            self._units[analyte],
+            value,
+            raw_unit,
+            when,
+            interpretation,
+            ref_low,
+            ref_high,
+            concept.label,
+            comparator,
         )
-
-    def _bound(self, analyte: str, quantity: object) -> float | None:
-        if not isinstance(quantity, dict):
-            return None
-        value = _number(quantity.get("value"))
-        unit = quantity.get("code") or quantity.get("unit") or ""
-        factor = self._unit(analyte, unit if isinstance(unit, str) else "")
-        return None if value is None or factor is None else value * factor
 
     # Medications -----------------------------------------------------------------------------
 
@@ -596,13 +660,13 @@ class RecordReader:
         ref = _ref(resource)
         authored = str(resource.get("authored") or "")
         record.nights.append(JournalNight(ref, night, answers, authored))
-        items = self.kb.journal_items
+        # Codes only: "tingling-numbness" must not match a "numbness" synonym.
+        concepts = self._journal_concepts
+        findings = record.findings
         for link_id, value in answers.items():
-            if link_id in items and self._journal_positive(value):
-                label = self.kb.journal_labels.get(link_id, link_id)
-                # Codes only: "tingling-numbness" must not match a "numbness" synonym.
-                concept = Concept(((CODESYSTEM_URL, link_id),), "", label)
-                record.findings.append(Finding("journal", f"{ref}#{link_id}", concept, night))
+            concept = concepts.get(link_id)
+            if concept is not None and (value is True or (value.__class__ is float and value > 0)):
+                findings.append(Finding("journal", f"{ref}#{link_id}", concept, night))
 
     @staticmethod
     def _journal_positive(value: bool | float | str) -> bool:
@@ -624,9 +688,13 @@ class RecordReader:
                     value = _answer_value(first)
                     if value is not None:
                         out[link_id] = value
-                    for answer in answers:
-                        if isinstance(answer, dict) and "item" in answer:
-                            self._answers(answer["item"], out, depth + 1)
+                    if len(answers) == 1:
+                        if "item" in first:
+                            self._answers(first["item"], out, depth + 1)
+                    else:
+                        for answer in answers:
+                            if isinstance(answer, dict) and "item" in answer:
+                                self._answers(answer["item"], out, depth + 1)
             if "item" in item:  # most items have no children: skip the call
                 self._answers(item["item"], out, depth + 1)
 
@@ -648,12 +716,15 @@ def _one_entry_per_night(record: PatientRecord) -> None:
 
 
 def _answer_value(answer: dict[str, Any]) -> bool | float | str | None:
-    if isinstance(answer.get("valueBoolean"), bool):
-        return bool(answer["valueBoolean"])
+    flag = answer.get("valueBoolean")
+    if flag is True or flag is False:
+        return flag
     for key in ("valueInteger", "valueDecimal"):
-        number = _number(answer.get(key))
-        if number is not None:
-            return number
+        raw = answer.get(key)
+        if raw is not None:
+            number = _number(raw)
+            if number is not None:
+                return number
     quantity = answer.get("valueQuantity")
     if isinstance(quantity, dict):
         number = _number(quantity.get("value"))
