@@ -173,6 +173,39 @@ def concept_of(value: object) -> Concept | None:
     return Concept(tuple(codings), " | ".join(words).lower(), label[:200])
 
 
+def _analyte_of(value: object, by_code: Mapping[CodeKey, str]) -> tuple[str, str] | None:
+    """(analyte, label) when a CodeableConcept codes a lab analyte, else None.
+
+    The first coding in ``by_code`` names the analyte and the label is ``concept_of``'s, without
+    building the concept: a record's labs are most of its resources.
+    """
+    if not isinstance(value, dict):
+        return None
+    raw_codings = value.get("coding")
+    if not isinstance(raw_codings, list):
+        return None
+    analyte = None
+    label = ""
+    for coding in raw_codings:
+        if not isinstance(coding, dict):
+            continue
+        code, display = coding.get("code"), coding.get("display")
+        if analyte is None and isinstance(code, str):
+            system = coding.get("system")
+            if isinstance(system, str):
+                analyte = by_code.get((system, code))
+        if isinstance(display, str) and display:
+            label = label or display
+        elif not label and isinstance(code, str):
+            label = code
+    if analyte is None:
+        return None
+    text = value.get("text")
+    if isinstance(text, str) and text:
+        label = text
+    return analyte, label[:200]
+
+
 def _merge(concepts: Iterable[Concept | None]) -> Concept | None:
     present = [c for c in concepts if c is not None]
     if not present:
@@ -408,17 +441,10 @@ class RecordReader:
 
     def _observation(self, record: PatientRecord, resource: dict[str, Any]) -> None:
         status = resource.get("status")
-        concept = concept_of(resource.get("code"))
-        if concept is None:
-            record.skipped += 1
-            return
-        analyte = None
-        by_code = self.analyte_by_code
-        for key in concept.codings:
-            analyte = by_code.get(key)
-            if analyte is not None:
-                break
-        if analyte is not None:
+        code = resource.get("code")
+        found = _analyte_of(code, self.analyte_by_code)
+        if found is not None:
+            analyte, label = found
             if status not in USABLE_OBSERVATION_STATUS:
                 record.unusable_labs += 1
                 return
@@ -426,7 +452,7 @@ class RecordReader:
             if when is None:
                 record.unusable_labs += 1
                 return
-            lab = self._lab(analyte, resource, when, concept)
+            lab = self._lab(analyte, resource, when, label)
             if lab is None:
                 record.unusable_labs += 1
                 return
@@ -435,6 +461,10 @@ class RecordReader:
                 record.labs[analyte] = [lab]
             else:
                 labs.append(lab)
+            return
+        concept = concept_of(code)
+        if concept is None:
+            record.skipped += 1
             return
         if status not in REPORTED_OBSERVATION_STATUS:
             return
@@ -481,7 +511,7 @@ class RecordReader:
         return True
 
     def _lab(
-        self, analyte: str, resource: dict[str, Any], when: date, concept: Concept
+        self, analyte: str, resource: dict[str, Any], when: date, label: str
     ) -> LabResult | None:
         # Called for every lab Observation of the record: the helpers are inlined.
         quantity = resource.get("valueQuantity")
@@ -517,7 +547,10 @@ class RecordReader:
                 bound = first.get(side)
                 if not isinstance(bound, dict):
                     continue
-                number = _number(bound.get("value"))
+                raw = bound.get("value")
+                number = (
+                    _finite(raw) if raw.__class__ is float or raw.__class__ is int else _number(raw)
+                )
                 unit = bound.get("code") or bound.get("unit") or ""
                 if not isinstance(unit, str):
                     unit = ""
@@ -551,7 +584,7 @@ class RecordReader:
             interpretation,
             ref_low,
             ref_high,
-            concept.label,
+            label,
             comparator,
         )
 
