@@ -24,6 +24,7 @@ from service.engine.record import (
 from service.knowledge import schema
 from service.knowledge.base import KnowledgeBase
 from service.knowledge.templates import escape_markdown
+from service.knowledge.valuesets import CodeKey, synonym_pattern
 
 Truth = bool | None
 ConceptT = TypeVar("ConceptT", MedicationUse, DraftOrder)
@@ -130,6 +131,17 @@ class Program:
         self.kb = kb
         self._by_id: dict[int, tuple[schema.Condition, Node]] = {}
         self._by_key: dict[Hashable, Node] = {}
+        # Value-set membership of a concept, for all value sets at once: by code through one
+        # index, by text only when some synonym of some value set occurs in it (any set's
+        # synonym pattern matching implies this union's pattern matches).
+        urls_by_code: dict[CodeKey, set[str]] = {}
+        for url, valueset in kb.valuesets.items():
+            for code in valueset.codes:
+                urls_by_code.setdefault(code, set()).add(url)
+        self.urls_by_code = {code: frozenset(urls) for code, urls in urls_by_code.items()}
+        self.any_synonym = synonym_pattern(
+            tuple(sorted({s for v in kb.valuesets.values() for s in v.synonyms}))
+        )
 
     def node(self, condition: schema.Condition) -> Node:
         entry = self._by_id.get(id(condition))
@@ -293,10 +305,13 @@ class Evaluator:
         self._memo: dict[int, Result] = {}
         self._in_valueset: dict[str, list[Finding]] = {}
         self._matching: dict[tuple[str, tuple[str, ...], int | None], list[Finding]] = {}
-        self._by_concept: dict[Concept, list[tuple[int, Finding]]] | None = None
+        self._groups: list[tuple[frozenset[str], str, list[tuple[int, Finding]]]] | None = None
         self._nights_within: dict[int, list[JournalNight]] = {}
-        self._answers_within: dict[tuple[str, int], list[tuple[JournalNight, Any]]] = {}
+        self._answers_within: dict[tuple[str, int, bool], list[tuple[JournalNight, Any]]] = {}
         self._classes: dict[tuple[str, str, str | None], list[Any]] = {}
+        self._members: dict[
+            tuple[tuple[CodeKey, ...], str], tuple[frozenset[str], str, dict[str, bool]]
+        ] = {}
 
     def evaluate(self, node: schema.Condition) -> Result:
         return self._eval(self.program.node(node))
@@ -366,20 +381,61 @@ class Evaluator:
         found = self._in_valueset.get(url)
         if found is not None:
             return found
-        if self._by_concept is None:
-            self._by_concept = {}
-            for index, finding in enumerate(self.record.findings):
-                self._by_concept.setdefault(finding.concept, []).append((index, finding))
-        valueset = self.kb.valuesets[url]
-        hits = [
-            pair
-            for concept, group in self._by_concept.items()
-            if valueset.matches(concept.codings, concept.text)
-            for pair in group
-        ]
-        hits.sort(key=lambda pair: pair[0])
+        groups = self._groups
+        if groups is None:
+            groups = self._groups = self._concept_groups()
+        pattern = self.kb.valuesets[url].pattern
+        hits: list[tuple[int, Finding]] = []
+        for urls, text, pairs in groups:
+            # ``ValueSetIndex.matches``: a code in the set, else a synonym in the text.
+            if url in urls or (text and pattern is not None and pattern.search(text)):
+                hits += pairs
+        hits.sort(key=_first)
         found = self._in_valueset[url] = [finding for _, finding in hits]
         return found
+
+    def _concept_groups(self) -> list[tuple[frozenset[str], str, list[tuple[int, Finding]]]]:
+        """The record's findings grouped by what value-set matching reads (codes and text):
+        each group's value sets by code, its text when a synonym may occur in it, its findings."""
+        by_concept: dict[tuple[tuple[CodeKey, ...], str], list[tuple[int, Finding]]] = {}
+        for index, finding in enumerate(self.record.findings):
+            key = (finding.concept.codings, finding.concept.text)
+            group = by_concept.get(key)
+            if group is None:
+                by_concept[key] = [(index, finding)]
+            else:
+                group.append((index, finding))
+        return [(*self._membership(*key), pairs) for key, pairs in by_concept.items()]
+
+    def _membership(self, codings: tuple[CodeKey, ...], text: str) -> tuple[frozenset[str], str]:
+        """The value sets the codes are in, and the text when a synonym may occur in it."""
+        urls_by_code = self.program.urls_by_code
+        urls: frozenset[str] = _NO_URLS
+        for code in codings:
+            more = urls_by_code.get(code)
+            if more is not None:
+                urls = urls | more
+        any_synonym = self.program.any_synonym
+        if not (text and any_synonym is not None and any_synonym.search(text)):
+            text = ""
+        return urls, text
+
+    def _member(self, url: str, concept: Concept) -> bool:
+        """``ValueSetIndex.matches`` for the concept, memoised per distinct concept per call."""
+        key = (concept.codings, concept.text)
+        entry = self._members.get(key)
+        if entry is None:
+            entry = self._members[key] = (*self._membership(*key), {})
+        urls, text, by_text = entry
+        if url in urls:
+            return True
+        if not text:
+            return False
+        hit = by_text.get(url)
+        if hit is None:
+            pattern = self.kb.valuesets[url].pattern
+            hit = by_text[url] = pattern is not None and pattern.search(text) is not None
+        return hit
 
     def _matching_findings(
         self, url: str, kinds: tuple[str, ...], within_days: int | None
@@ -557,13 +613,11 @@ class Evaluator:
         found = self._classes.get(key)
         if found is not None:
             return found
-        wanted = self.kb.valuesets[include]
-        unwanted = self.kb.valuesets[exclude] if exclude else None
+        member = self._member
         found = self._classes[key] = [
             item
             for item in items
-            if wanted.matches(item.concept.codings, item.concept.text)
-            and not (unwanted and unwanted.matches(item.concept.codings, item.concept.text))
+            if member(include, item.concept) and not (exclude and member(exclude, item.concept))
         ]
         return found
 
@@ -596,7 +650,6 @@ class Evaluator:
 
     def _medication_before_finding(self, node: Node) -> Result:
         spec: schema.MedicationBeforeFindingSpec = node.spec
-        drugs = self.kb.valuesets[spec.medication]
         label = node.label
         findings = [
             f
@@ -608,7 +661,7 @@ class Evaluator:
         meds = [
             m
             for m in self.record.medications
-            if m.started is not None and drugs.matches(m.concept.codings, m.concept.text)
+            if m.started is not None and self._member(spec.medication, m.concept)
         ]
         # Onset of each distinct symptom: its earliest record (a Condition, or the first journal
         # night or Observation with that code). A symptom that began weeks after a drug was
@@ -679,26 +732,29 @@ class Evaluator:
         label = node.label
         if self._unavailable("journal"):
             return self._result(label, None, "sleep journal could not be read")
-        key = (spec.item, spec.within_days)
+        compare, want_bool, wording = node.data
+        key = (spec.item, spec.within_days, want_bool)
         answered = self._answers_within.get(key)
         if answered is None:
+            # The window's answers to the item, of the type the spec compares with.
             item = spec.item
             answered = self._answers_within[key] = [
-                (night, night.answers[item])
+                (night, answer)
                 for night in self._window(spec.within_days)
-                if night.answers.get(item) is not None
+                if (answer := night.answers.get(item)) is not None
+                and isinstance(answer, bool) == want_bool
             ]
-        compare, want_bool, wording = node.data
         expected = spec.value
-        hits = []
-        for night, answer in answered:
-            if isinstance(answer, bool) != want_bool:
-                continue
-            try:
-                if compare(answer, expected):
-                    hits.append(night)
-            except TypeError:
-                continue
+        try:
+            hits = [night for night, answer in answered if compare(answer, expected)]
+        except TypeError:  # a text answer compared with a number: that night does not count
+            hits = []
+            for night, answer in answered:
+                try:
+                    if compare(answer, expected):
+                        hits.append(night)
+                except TypeError:
+                    continue
         value = len(hits) >= spec.min_nights
         if not value and not self.explain:
             return Result(False)
@@ -746,6 +802,13 @@ def _compare(op: str, lab: LabResult, threshold: float) -> Truth:
         if below and lab.value <= threshold:
             return False
     return None
+
+
+_NO_URLS: frozenset[str] = frozenset()
+
+
+def _first(pair: tuple[int, Finding]) -> int:
+    return pair[0]
 
 
 def _word(value: Truth) -> str:

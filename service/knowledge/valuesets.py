@@ -41,7 +41,8 @@ class ValueSetIndex:
         return bool(self.pattern is not None and text and self.pattern.search(text))
 
 
-def _synonym_pattern(synonyms: tuple[str, ...]) -> re.Pattern[str] | None:
+def synonym_pattern(synonyms: tuple[str, ...]) -> re.Pattern[str] | None:
+    """Matches any of the (lower-case) synonyms as whole words."""
     if not synonyms:
         return None
     alternatives = "|".join(re.escape(s) for s in sorted(synonyms, key=len, reverse=True))
@@ -100,7 +101,7 @@ def index_valueset(data: dict[str, Any]) -> ValueSetIndex:
         codes=frozenset(codes),
         displays=displays,
         synonyms=synonyms,
-        pattern=_synonym_pattern(synonyms),
+        pattern=synonym_pattern(synonyms),
     )
 
 
