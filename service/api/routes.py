@@ -166,7 +166,9 @@ async def call_service(
         prefetch_keys=result.prefetch_keys,
         skipped=result.record.skipped,
     )
-    background.add_task(_audit, request, spec, body.hookInstance, call.patient_id, latency, result)
+    background.add_task(
+        _audit, request, spec, body.hookInstance, call.patient_id, latency, result.metas
+    )
     return _json({"cards": cards})
 
 
@@ -182,8 +184,8 @@ async def _without_suppressed(
     try:
         # Bounded: a database that accepts connections and never answers must not hold the chart.
         async with asyncio.timeout(settings_of(request).db_read_deadline_s):
-            history = await repository.feedback_by_card_key(
-                request.app.state.db, patient_id, [m.key for m in result.metas]
+            history = await request.app.state.group_commit.feedback(
+                patient_id, [m.key for m in result.metas]
             )
     except Exception as exc:
         metrics.DB_ERRORS.labels(operation="suppression").inc()
@@ -210,24 +212,25 @@ async def _audit(
     hook_instance: str,
     patient_id: str,
     latency_ms: float,
-    result: HookResult,
+    metas: list[CardMeta],
 ) -> None:
     """Write the audit row after the response: the EHR never waits for it, and a database fault
-    costs the audit row (counted in the log), never the cards."""
+    costs the audit row (counted in the log), never the cards. Only the card metadata is kept
+    until then, not the parsed prefetch."""
+    record = repository.AuditRecord(
+        hook_instance=hook_instance,
+        service_id=spec.id,
+        hook=spec.hook,
+        patient_id=patient_id,
+        called_at=request.app.state.clock(),
+        latency_ms=latency_ms,
+        cards=tuple(
+            repository.CardRecord(m.uuid, m.key, m.topic, m.indicator, ",".join(m.rules))
+            for m in metas
+        ),
+    )
     try:
-        await repository.record_hook_call(
-            request.app.state.db,
-            hook_instance=hook_instance,
-            service_id=spec.id,
-            hook=spec.hook,
-            patient_id=patient_id,
-            called_at=request.app.state.clock(),
-            latency_ms=latency_ms,
-            cards=[
-                repository.CardRecord(m.uuid, m.key, m.topic, m.indicator, ",".join(m.rules))
-                for m in result.metas
-            ],
-        )
+        await request.app.state.group_commit.audit(record)
     except Exception as exc:
         metrics.observe_audit(written=False)
         log.warning(

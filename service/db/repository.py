@@ -10,14 +10,15 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.db.database import Database
-from service.db.models import CardShown, FeedbackItem, HookCall
+from service.db.models import CardShown, FeedbackItem, HookCall, SeenJti
 
 
 @dataclass(frozen=True)
@@ -55,45 +56,6 @@ class FeedbackRecord:
             ]
         )
         return hashlib.sha256(payload).hexdigest()
-
-
-async def record_hook_call(
-    db: Database,
-    *,
-    hook_instance: str,
-    service_id: str,
-    hook: str,
-    patient_id: str | None,
-    called_at: datetime,
-    latency_ms: float,
-    cards: Sequence[CardRecord],
-) -> None:
-    async with db.sessions() as session, session.begin():
-        call = HookCall(
-            hook_instance=hook_instance,
-            service_id=service_id,
-            hook=hook,
-            patient_id=patient_id,
-            called_at=called_at,
-            latency_ms=latency_ms,
-            card_count=len(cards),
-        )
-        session.add(call)
-        await session.flush()
-        for card in cards:
-            session.add(
-                CardShown(
-                    uuid=card.uuid,
-                    hook_call_id=call.id,
-                    service_id=service_id,
-                    patient_id=patient_id,
-                    card_key=card.key,
-                    topic=card.topic,
-                    indicator=card.indicator,
-                    rules=card.rules,
-                    shown_at=called_at,
-                )
-            )
 
 
 def _insert_ignore(session: AsyncSession):  # type: ignore[no-untyped-def]
@@ -138,24 +100,112 @@ async def feedback_count(db: Database) -> int:
         return len(rows.all())
 
 
-async def feedback_by_card_key(
-    db: Database, patient_id: str, keys: Sequence[str]
-) -> dict[str, list[tuple[str, datetime, str | None]]]:
-    """Feedback on earlier cards of this patient with these keys: key → (outcome, when, reason)."""
-    if not keys:
-        return {}
+# --- Set-at-a-time statements for the group-commit writer (service/db/batch.py) ---------------
+# Each takes an open connection inside the caller's transaction and handles many calls' rows at
+# once: one round trip for N calls instead of N.
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One hook call's audit row and the cards it showed."""
+
+    hook_instance: str
+    service_id: str
+    hook: str
+    patient_id: str | None
+    called_at: datetime
+    latency_ms: float
+    cards: tuple[CardRecord, ...]
+
+
+FeedbackHistory = dict[str, list[tuple[str, datetime, str | None]]]
+
+
+def _dialect_insert(connection: AsyncConnection) -> Any:
+    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+
+
+async def claim_jtis(
+    connection: AsyncConnection, claims: Sequence[tuple[str, str, datetime]], now: datetime
+) -> set[tuple[str, str]]:
+    """Insert ``(iss, jti, expires_at)`` rows; returns the pairs this statement claimed first.
+
+    One ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired RETURNING``: a pair comes back only if
+    it was new or its earlier token had expired. Pairs must be distinct within one call.
+    """
+    if not claims:
+        return set()
+    table = SeenJti.__table__
+    statement = _dialect_insert(connection)(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.iss, table.c.jti],
+        set_={"expires_at": statement.excluded.expires_at},
+        where=table.c.expires_at < now,
+    ).returning(table.c.iss, table.c.jti)
+    result = await connection.execute(
+        statement, [{"iss": i, "jti": j, "expires_at": e} for i, j, e in claims]
+    )
+    return {(row[0], row[1]) for row in result}
+
+
+async def feedback_for_patients(
+    connection: AsyncConnection, patient_ids: Sequence[str], keys: Sequence[str]
+) -> dict[str, FeedbackHistory]:
+    """Feedback on earlier cards of these patients with any of these keys, per patient."""
+    found: dict[str, FeedbackHistory] = {}
+    if not patient_ids or not keys:
+        return found
     statement = (
         select(
+            CardShown.patient_id,
             CardShown.card_key,
             FeedbackItem.outcome,
             FeedbackItem.outcome_at,
             FeedbackItem.override_reason_code,
         )
         .join(FeedbackItem, FeedbackItem.card_uuid == CardShown.uuid)
-        .where(CardShown.patient_id == patient_id, CardShown.card_key.in_(list(keys)))
+        .where(CardShown.patient_id.in_(patient_ids), CardShown.card_key.in_(keys))
     )
-    found: dict[str, list[tuple[str, datetime, str | None]]] = {}
-    async with db.sessions() as session:
-        for key, outcome, outcome_at, reason in (await session.execute(statement)).all():
-            found.setdefault(key, []).append((outcome, outcome_at, reason))
+    for patient_id, key, outcome, outcome_at, reason in await connection.execute(statement):
+        history = found.setdefault(patient_id or "", {})
+        history.setdefault(key, []).append((outcome, outcome_at, reason))
     return found
+
+
+async def insert_audits(connection: AsyncConnection, audits: Sequence[AuditRecord]) -> None:
+    """Audit rows and their card rows for many calls, two statements in all."""
+    if not audits:
+        return
+    result = await connection.execute(
+        insert(HookCall).returning(HookCall.id, sort_by_parameter_order=True),
+        [
+            {
+                "hook_instance": a.hook_instance,
+                "service_id": a.service_id,
+                "hook": a.hook,
+                "patient_id": a.patient_id,
+                "called_at": a.called_at,
+                "latency_ms": a.latency_ms,
+                "card_count": len(a.cards),
+            }
+            for a in audits
+        ],
+    )
+    ids = list(result.scalars())
+    cards = [
+        {
+            "uuid": card.uuid,
+            "hook_call_id": call_id,
+            "service_id": audit.service_id,
+            "patient_id": audit.patient_id,
+            "card_key": card.key,
+            "topic": card.topic,
+            "indicator": card.indicator,
+            "rules": card.rules,
+            "shown_at": audit.called_at,
+        }
+        for audit, call_id in zip(audits, ids, strict=True)
+        for card in audit.cards
+    ]
+    if cards:
+        await connection.execute(insert(CardShown), cards)

@@ -11,11 +11,11 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
 
+from service.db.batch import GroupCommit
 from service.db.database import Database
 from service.db.models import SeenJti
 
@@ -36,13 +36,15 @@ class SqlReplayStore:
     One ``INSERT ... ON CONFLICT ... RETURNING`` decides first use: a row comes back only if
     this statement inserted it (rowcount is unreliable for upserts across drivers). A row whose
     token has already expired is overwritten rather than treated as a replay, so correctness does
-    not depend on the purge having run; the purge only keeps the table small.
+    not depend on the purge having run; the purge only keeps the table small. Concurrent claims
+    share that statement through the process's group commit (``service/db/batch.py``).
     """
 
     def __init__(
         self,
         database: Database,
         *,
+        group_commit: GroupCommit | None = None,
         purge_every_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -50,24 +52,16 @@ class SqlReplayStore:
         if dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"replay store supports SQLite and PostgreSQL, not {dialect!r}")
         self._database = database
-        self._insert: Any = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        self._writer = group_commit or GroupCommit(database)
         self._purge_every_s = purge_every_s
         self._clock = clock
         self._next_purge = clock() + purge_every_s
         self._purging = False
 
     async def remember(self, iss: str, jti: str, expires_at: datetime) -> bool:
-        now = datetime.now(UTC)
-        statement = self._insert(SeenJti).values(iss=iss, jti=jti, expires_at=expires_at)
-        statement = statement.on_conflict_do_update(
-            index_elements=[SeenJti.iss, SeenJti.jti],
-            set_={"expires_at": statement.excluded.expires_at},
-            where=SeenJti.expires_at < now,
-        ).returning(SeenJti.jti)
-        async with self._database.engine.begin() as connection:
-            first_use = (await connection.execute(statement)).first() is not None
+        first_use = await self._writer.claim_jti(iss, jti, expires_at)
         if self._clock() >= self._next_purge and not self._purging:
-            await self._purge(now)
+            await self._purge(datetime.now(UTC))
         return first_use
 
     async def purge(self) -> int:

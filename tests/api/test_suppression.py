@@ -195,9 +195,9 @@ def test_suppression_fails_open_when_feedback_cannot_be_read(
 
         from service.db import repository
 
-        original = repository.feedback_by_card_key
-        repository.feedback_by_card_key = broken  # type: ignore[assignment]
+        original = repository.feedback_for_patients
+        repository.feedback_for_patients = broken  # type: ignore[assignment]
         try:
             assert topic(call(client, [RLS], [LOW]), "lab-check") is not None
         finally:
-            repository.feedback_by_card_key = original  # type: ignore[assignment]
+            repository.feedback_for_patients = original  # type: ignore[assignment]
