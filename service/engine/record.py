@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
+from operator import attrgetter
 from typing import Any, Literal
 
 from service.knowledge.base import CODESYSTEM_URL, KnowledgeBase
@@ -120,7 +121,18 @@ class PatientRecord:
 # --- primitives -------------------------------------------------------------------------------
 
 _from_iso = date.fromisoformat
+_ONLY_VALUE = {
+    "valueBoolean": "bool",
+    "valueInteger": "number",
+    "valueDecimal": "number",
+    "valueDate": "text",
+    "valueDateTime": "text",
+    "valueTime": "text",
+    "valueString": "text",
+}
 _INF = float("inf")
+_WHEN = attrgetter("when")
+_NIGHT = attrgetter("night")
 _NO_FLAGS: frozenset[str] = frozenset()
 
 
@@ -318,7 +330,7 @@ class RecordReader:
                 continue
             try:
                 if kind == "Observation":
-                    self._observation(record, resource)
+                    self._observation(record, resource, ref)
                 elif kind == "Condition":
                     self._condition(record, resource)
                 elif kind in ("MedicationRequest", "MedicationStatement"):
@@ -352,8 +364,8 @@ class RecordReader:
         self._derive(record)
         _one_entry_per_night(record)
         for results in record.labs.values():
-            results.sort(key=lambda lab: lab.when, reverse=True)
-        record.nights.sort(key=lambda night: night.night, reverse=True)
+            results.sort(key=_WHEN, reverse=True)
+        record.nights.sort(key=_NIGHT, reverse=True)
         return record
 
     @staticmethod
@@ -439,7 +451,7 @@ class RecordReader:
 
     # Observation -----------------------------------------------------------------------------
 
-    def _observation(self, record: PatientRecord, resource: dict[str, Any]) -> None:
+    def _observation(self, record: PatientRecord, resource: dict[str, Any], ref: str) -> None:
         status = resource.get("status")
         code = resource.get("code")
         found = _analyte_of(code, self.analyte_by_code)
@@ -452,7 +464,7 @@ class RecordReader:
             if when is None:
                 record.unusable_labs += 1
                 return
-            lab = self._lab(analyte, resource, when, label)
+            lab = self._lab(analyte, resource, when, label, ref)
             if lab is None:
                 record.unusable_labs += 1
                 return
@@ -476,7 +488,7 @@ class RecordReader:
             _merge([concept, concept_of(resource.get("valueCodeableConcept"))])
         )
         assert concept is not None
-        record.findings.append(Finding("observation", _ref(resource), concept, when))
+        record.findings.append(Finding("observation", ref, concept, when))
 
     @staticmethod
     def _effective(resource: dict[str, Any]) -> date | None:
@@ -511,7 +523,7 @@ class RecordReader:
         return True
 
     def _lab(
-        self, analyte: str, resource: dict[str, Any], when: date, label: str
+        self, analyte: str, resource: dict[str, Any], when: date, label: str, ref: str
     ) -> LabResult | None:
         # Called for every lab Observation of the record: the helpers are inlined.
         quantity = resource.get("valueQuantity")
@@ -575,7 +587,7 @@ class RecordReader:
             interpretation = frozenset(flags)
         return LabResult(
             analyte,
-            _ref(resource),
+            ref,
             value * factor,
             self._units[analyte],
             value,
@@ -701,12 +713,6 @@ class RecordReader:
             if concept is not None and (value is True or (value.__class__ is float and value > 0)):
                 findings.append(Finding("journal", f"{ref}#{link_id}", concept, night))
 
-    @staticmethod
-    def _journal_positive(value: bool | float | str) -> bool:
-        if isinstance(value, bool):
-            return value
-        return isinstance(value, float) and value > 0
-
     def _answers(self, items: object, out: dict[str, bool | float | str], depth: int) -> None:
         if not isinstance(items, list) or depth > MAX_ITEM_DEPTH:
             return
@@ -718,7 +724,25 @@ class RecordReader:
             if isinstance(link_id, str) and isinstance(answers, list) and answers:
                 first = answers[0]
                 if isinstance(first, dict):
-                    value = _answer_value(first)
+                    value: bool | float | str | None
+                    if len(first) == 1:
+                        # The usual answer: one value[x] and nothing else (``_answer_value``).
+                        ((key, raw),) = first.items()
+                        kind = _ONLY_VALUE.get(key)
+                        if kind == "bool":
+                            value = raw if raw is True or raw is False else None
+                        elif kind == "number":
+                            value = (
+                                _finite(raw)
+                                if raw.__class__ is float or raw.__class__ is int
+                                else _number(raw)
+                            )
+                        elif kind == "text":
+                            value = str(raw) if isinstance(raw, str) else None
+                        else:
+                            value = _answer_value(first)
+                    else:
+                        value = _answer_value(first)
                     if value is not None:
                         out[link_id] = value
                     if len(answers) == 1:
