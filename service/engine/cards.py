@@ -6,12 +6,15 @@ indicator, the summary of the most urgent rule, every rule's advice and evidence
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from jinja2 import Template
 
 from service.engine import orders
@@ -68,6 +71,23 @@ def _action_signature(action: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
+def _copier(template: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """A deep copy of the template, fast: an order template is plain JSON, and parsing its bytes
+    is far cheaper than ``copy.deepcopy`` (which stays the fallback for anything else)."""
+    blob = orjson.dumps(template)
+    if orjson.loads(blob) == template:
+        return lambda: orjson.loads(blob)
+    return lambda: copy.deepcopy(template)
+
+
+def _instantiate(
+    fresh: Callable[[], dict[str, Any]], patient_id: str, reasons: list[str]
+) -> dict[str, Any]:
+    """``orders.instantiate`` of the template ``fresh`` copies: its subject and reasons (filled
+    in by ``orders.instantiate`` itself) after the template's own elements."""
+    return {**fresh(), **orders.instantiate({}, patient_id, reasons)}
+
+
 def _render(
     template: str, bindings: dict[str, Any], record: PatientRecord, *, markdown: bool = True
 ) -> str:
@@ -87,10 +107,10 @@ class CardComposer:
             _compiled(rule.card.summary, False)
             _compiled(rule.card.detail, True)
         self._order_templates = {
-            name: orders.order_template(spec) for name, spec in kb.orders.items()
+            name: _copier(orders.order_template(spec)) for name, spec in kb.orders.items()
         }
         self._lab_orders = {
-            name: orders.lab_order(analyte, kb.lab_order_category)
+            name: _copier(orders.lab_order(analyte, kb.lab_order_category))
             for name, analyte in kb.analytes.items()
             if analyte.order is not None
         }
@@ -225,7 +245,7 @@ class CardComposer:
                     }
                 )
         for name in spec.orders:
-            resource = orders.instantiate(self._order_templates[name], record.patient_id, reasons)
+            resource = _instantiate(self._order_templates[name], record.patient_id, reasons)
             actions.append(
                 {"type": "create", "description": self.kb.orders[name].label, "resource": resource}
             )
@@ -234,7 +254,7 @@ class CardComposer:
                 results = record.labs.get(analyte) or []
                 if results and (record.as_of - results[0].when).days <= spec.missing_within_days:
                     continue
-                resource = orders.instantiate(self._lab_orders[analyte], record.patient_id, reasons)
+                resource = _instantiate(self._lab_orders[analyte], record.patient_id, reasons)
                 actions.append(
                     {
                         "type": "create",
