@@ -25,7 +25,6 @@ from service.api.middleware import RequestGuard
 from service.api.routes import router
 from service.cdshooks.discovery import discovery_document
 from service.config import Settings, get_settings
-from service.db.batch import GroupCommit
 from service.db.database import Database
 from service.engine.pipeline import Fetcher, HookPipeline
 from service.knowledge.base import load_knowledge
@@ -76,7 +75,6 @@ def create_app(
             if http_client is not None:
                 await http_client.aclose()
             await close_token_verifier(app.state)
-            await app.state.group_commit.close()
             await app.state.db.dispose()
 
     app = FastAPI(
@@ -91,7 +89,6 @@ def create_app(
     app.state.kb = kb
     app.state.clock = clock
     app.state.db = Database(settings.database_url)
-    app.state.group_commit = GroupCommit(app.state.db)
     app.state.pipeline = HookPipeline(kb, fetcher, deadline_s=settings.fhir_deadline_s)
     app.state.discovery = discovery_document(kb)
     problems.install(app)

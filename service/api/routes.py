@@ -184,7 +184,7 @@ async def _without_suppressed(
     try:
         # Bounded: a database that accepts connections and never answers must not hold the chart.
         async with asyncio.timeout(settings_of(request).db_read_deadline_s):
-            history = await request.app.state.group_commit.feedback(
+            history = await request.app.state.db.group_commit.feedback(
                 patient_id, [m.key for m in result.metas]
             )
     except Exception as exc:
@@ -230,7 +230,7 @@ async def _audit(
         ),
     )
     try:
-        await request.app.state.group_commit.audit(record)
+        await request.app.state.db.group_commit.audit(record)
     except Exception as exc:
         metrics.observe_audit(written=False)
         log.warning(

@@ -17,6 +17,7 @@ connection-level error fails the whole round, and callers degrade as they would 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,15 +25,15 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError, StatementError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.db import repository
-from service.db.database import Database
 from service.db.repository import AuditRecord, FeedbackHistory
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_Answers = list[tuple["asyncio.Future[Any]", Any]]  # each caller's answer, given after commit
 
 
 @dataclass(eq=False)
@@ -64,6 +65,7 @@ class _Queues:
     lookups: list[_Lookup] = field(default_factory=list)
     audits: list[_Audit] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    connection: AsyncConnection | None = None  # the writer's own, kept between rounds
 
     def pending(self) -> bool:
         return bool(self.claims or self.lookups or self.audits)
@@ -92,9 +94,9 @@ class GroupCommit:
     """One writer per process: queue a claim, a lookup or an audit row and await its commit."""
 
     def __init__(
-        self, database: Database, *, max_batch: int = 256, round_deadline_s: float = 5.0
+        self, engine: AsyncEngine, *, max_batch: int = 256, round_deadline_s: float = 5.0
     ) -> None:
-        self._database = database
+        self._engine = engine
         self._max_batch = max_batch
         self._round_deadline_s = round_deadline_s
         self._queues: _Queues | None = None
@@ -136,6 +138,8 @@ class GroupCommit:
             if queues.loop is asyncio.get_running_loop():
                 while queues.pending():
                     await self._round(queues)
+                if queues.connection is not None:
+                    await queues.connection.close()
         finally:
             queues.task.cancel()
 
@@ -162,24 +166,37 @@ class GroupCommit:
         lookups, queues.lookups = queues.lookups[:n], queues.lookups[n:]
         audits, queues.audits = queues.audits[:n], queues.audits[n:]
         if claims or lookups:
-            await self._guarded(self._read_write, claims, lookups)
+            await self._guarded(queues, self._read_write, claims, lookups)
         if audits:
-            await self._guarded(self._write_audits, audits)
+            await self._guarded(queues, self._write_audits, audits)
 
-    async def _guarded(self, step: Any, *batches: list[Any]) -> None:
+    async def _guarded(self, queues: _Queues, step: Any, *batches: list[Any]) -> None:
         futures = [item.done for batch in batches for item in batch]
         try:
             async with asyncio.timeout(self._round_deadline_s):
-                await step(*batches)
+                if queues.connection is None:
+                    # Held between rounds: no pool checkout and no pre-ping per transaction.
+                    queues.connection = await self._engine.connect()
+                async with queues.connection.begin():
+                    answers = await step(queues.connection, *batches)
         except asyncio.CancelledError:
+            await self._drop_connection(queues)
             _fail(futures, ConnectionError("group commit stopped"))
             raise
         except Exception as exc:
-            if len(futures) > 1 and _one_call_at_fault(exc):
+            if not _one_call_at_fault(exc):
+                await self._drop_connection(queues)  # the next round reconnects
+                _fail(futures, exc)
+            elif len(futures) > 1:
                 for one in self._singles(batches):  # isolate the call whose data failed
-                    await self._guarded(step, *one)
+                    await self._guarded(queues, step, *one)
             else:
                 _fail(futures, exc)
+        else:
+            self.rounds += 1
+            self.calls += len(futures)
+            for future, value in answers:  # only now: the transaction has committed
+                _settle(future, value)
         # No caller may wait forever, whatever a step forgot to settle.
         _fail(futures, RuntimeError("group commit round ended without an answer"))
 
@@ -193,7 +210,16 @@ class GroupCommit:
                 singles.append(tuple(one))
         return singles
 
-    async def _read_write(self, claims: list[_Claim], lookups: list[_Lookup]) -> None:
+    @staticmethod
+    async def _drop_connection(queues: _Queues) -> None:
+        connection, queues.connection = queues.connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.invalidate()
+
+    async def _read_write(
+        self, connection: AsyncConnection, claims: list[_Claim], lookups: list[_Lookup]
+    ) -> _Answers:
         now = datetime.now(UTC)
         first: dict[tuple[str, str], _Claim] = {}
         repeats: list[_Claim] = []  # the same token twice in one round: only one can be first
@@ -203,19 +229,17 @@ class GroupCommit:
                 repeats.append(claim)
             else:
                 first[pair] = claim
-        async with self._database.engine.begin() as connection:
-            claimed = await repository.claim_jtis(
-                connection, [(c.iss, c.jti, c.expires_at) for c in first.values()], now
-            )
-            history = await self._lookup(connection, lookups)
-        self._count(len(claims) + len(lookups))
-        for pair, claim in first.items():
-            _settle(claim.done, pair in claimed)
-        for claim in repeats:
-            _settle(claim.done, False)
+        claimed = await repository.claim_jtis(
+            connection, [(c.iss, c.jti, c.expires_at) for c in first.values()], now
+        )
+        history = await self._lookup(connection, lookups)
+        answers: _Answers = []
+        answers += [(claim.done, pair in claimed) for pair, claim in first.items()]
+        answers += [(claim.done, False) for claim in repeats]
         for lookup in lookups:
             mine = history.get(lookup.patient_id, {})
-            _settle(lookup.done, {k: mine[k] for k in lookup.keys if k in mine})
+            answers.append((lookup.done, {k: mine[k] for k in lookup.keys if k in mine}))
+        return answers
 
     @staticmethod
     async def _lookup(
@@ -227,13 +251,6 @@ class GroupCommit:
         keys = sorted({key for lookup in lookups for key in lookup.keys})
         return await repository.feedback_for_patients(connection, patients, keys)
 
-    async def _write_audits(self, audits: list[_Audit]) -> None:
-        async with self._database.engine.begin() as connection:
-            await repository.insert_audits(connection, [a.record for a in audits])
-        self._count(len(audits))
-        for audit in audits:
-            _settle(audit.done, None)
-
-    def _count(self, calls: int) -> None:
-        self.rounds += 1
-        self.calls += calls
+    async def _write_audits(self, connection: AsyncConnection, audits: list[_Audit]) -> _Answers:
+        await repository.insert_audits(connection, [a.record for a in audits])
+        return [(audit.done, None) for audit in audits]

@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from service.db.batch import GroupCommit
+
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     # WAL lets readers and the single writer proceed together; busy_timeout waits out a writer.
@@ -38,6 +40,8 @@ class Database:
         self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(
             self.engine, expire_on_commit=False
         )
+        # The process's one writer for the hook path's small statements (service/db/batch.py).
+        self.group_commit = GroupCommit(self.engine)
 
     async def ping(self) -> bool:
         try:
@@ -48,4 +52,5 @@ class Database:
         return True
 
     async def dispose(self) -> None:
+        await self.group_commit.close()
         await self.engine.dispose()

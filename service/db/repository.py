@@ -10,15 +10,17 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from service.db.database import Database
 from service.db.models import CardShown, FeedbackItem, HookCall, SeenJti
+
+if TYPE_CHECKING:
+    from service.db.database import Database
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from typing import Protocol
 
 from sqlalchemy import delete
 
-from service.db.batch import GroupCommit
 from service.db.database import Database
 from service.db.models import SeenJti
 
@@ -44,7 +43,6 @@ class SqlReplayStore:
         self,
         database: Database,
         *,
-        group_commit: GroupCommit | None = None,
         purge_every_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -52,7 +50,7 @@ class SqlReplayStore:
         if dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"replay store supports SQLite and PostgreSQL, not {dialect!r}")
         self._database = database
-        self._writer = group_commit or GroupCommit(database)
+        self._writer = database.group_commit
         self._purge_every_s = purge_every_s
         self._clock = clock
         self._next_purge = clock() + purge_every_s

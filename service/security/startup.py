@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 import httpx
 
 from service.config import Settings, is_loopback_host
-from service.db.batch import GroupCommit
 from service.db.database import Database
 from service.security.issuers import ConfigurationError, IssuerRegistry
 from service.security.jwks import JwksCache
@@ -61,7 +60,6 @@ def create_token_verifier(
     database: Database,
     http_client: httpx.AsyncClient,
     registry: IssuerRegistry | None = None,
-    group_commit: GroupCommit | None = None,
 ) -> TokenVerifier | None:
     """The verifier for this process, or None in local mode. The caller owns ``http_client``."""
     if registry is None:
@@ -71,7 +69,7 @@ def create_token_verifier(
     return TokenVerifier(
         registry,
         JwksCache(http_client),
-        DegradableReplayStore(SqlReplayStore(database, group_commit=group_commit)),
+        DegradableReplayStore(SqlReplayStore(database)),
         settings.public_base_url,
     )
 
@@ -90,9 +88,7 @@ def token_verifier_for(state: Any) -> TokenVerifier:
     if registry is None:
         raise ConfigurationError("token verifier requested in local mode")
     client = httpx.AsyncClient(follow_redirects=False)
-    verifier = create_token_verifier(
-        settings, state.db, client, registry, getattr(state, "group_commit", None)
-    )
+    verifier = create_token_verifier(settings, state.db, client, registry)
     assert verifier is not None  # a registry was loaded
     state.security_http_client = client
     state.token_verifier = verifier

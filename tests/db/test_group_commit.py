@@ -28,11 +28,9 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 async def writer(database_url: str) -> AsyncIterator[tuple[Database, GroupCommit]]:
     make_settings(database_url)  # migrates
     database = Database(database_url)
-    commit = GroupCommit(database)
     try:
-        yield database, commit
+        yield database, database.group_commit
     finally:
-        await commit.close()
         await database.dispose()
 
 
@@ -135,7 +133,7 @@ def test_database_down_fails_every_waiting_call_and_recovers(tmp_path: Any) -> N
         url = f"sqlite+aiosqlite:///{tmp_path / 'cds.db'}"
         make_settings(url)
         broken = Database(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'x.db'}")
-        commit = GroupCommit(broken)
+        commit = broken.group_commit
         expires = datetime.now(UTC) + timedelta(minutes=5)
         results = await asyncio.gather(
             commit.claim_jti("iss", "a", expires),
@@ -144,7 +142,6 @@ def test_database_down_fails_every_waiting_call_and_recovers(tmp_path: Any) -> N
             return_exceptions=True,
         )
         assert all(isinstance(r, Exception) for r in results)
-        await commit.close()
         await broken.dispose()
         # The same writer type on a working database answers again.
         async with writer(url) as (_, healthy):
