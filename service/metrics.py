@@ -44,6 +44,13 @@ REQUEST_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+GROUP_COMMIT_CALLS = Histogram(
+    "cds_db_group_commit_calls",
+    "Calls served by one group-commit transaction (service/db/batch.py).",
+    ["kind"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
 IN_FLIGHT = Gauge(
     "cds_requests_in_flight",
     "HTTP requests being handled now.",

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import InterfaceError, OperationalError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service import metrics
 from service.db import repository
 from service.db.repository import AuditRecord, FeedbackHistory
 
@@ -141,7 +142,8 @@ class GroupCommit:
                 if queues.connection is not None:
                     await queues.connection.close()
         finally:
-            queues.task.cancel()
+            with contextlib.suppress(RuntimeError):  # its loop may be closed already
+                queues.task.cancel()
 
     def _ready(self) -> _Queues:
         """This loop's queues, with the writer running (tests run several loops in turn)."""
@@ -166,11 +168,11 @@ class GroupCommit:
         lookups, queues.lookups = queues.lookups[:n], queues.lookups[n:]
         audits, queues.audits = queues.audits[:n], queues.audits[n:]
         if claims or lookups:
-            await self._guarded(queues, self._read_write, claims, lookups)
+            await self._guarded(queues, "claims-lookups", self._read_write, claims, lookups)
         if audits:
-            await self._guarded(queues, self._write_audits, audits)
+            await self._guarded(queues, "audits", self._write_audits, audits)
 
-    async def _guarded(self, queues: _Queues, step: Any, *batches: list[Any]) -> None:
+    async def _guarded(self, queues: _Queues, kind: str, step: Any, *batches: list[Any]) -> None:
         futures = [item.done for batch in batches for item in batch]
         try:
             async with asyncio.timeout(self._round_deadline_s):
@@ -189,12 +191,13 @@ class GroupCommit:
                 _fail(futures, exc)
             elif len(futures) > 1:
                 for one in self._singles(batches):  # isolate the call whose data failed
-                    await self._guarded(queues, step, *one)
+                    await self._guarded(queues, kind, step, *one)
             else:
                 _fail(futures, exc)
         else:
             self.rounds += 1
             self.calls += len(futures)
+            metrics.GROUP_COMMIT_CALLS.labels(kind=kind).observe(len(futures))
             for future, value in answers:  # only now: the transaction has committed
                 _settle(future, value)
         # No caller may wait forever, whatever a step forgot to settle.

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from service import metrics
 from service.db import repository
 from service.db.batch import GroupCommit
 from service.db.database import Database
@@ -60,12 +61,16 @@ def test_concurrent_claims_share_transactions_and_one_token_wins_once(database_u
         async with writer(database_url) as (database, commit):
             expires = datetime.now(UTC) + timedelta(minutes=5)
             jtis = [uuid.uuid4().hex for _ in range(40)]
+            served = metrics.sample("cds_db_group_commit_calls_sum", kind="claims-lookups")
             # 40 distinct tokens plus the first one sent three more times, all at once.
             claims = [commit.claim_jti("iss", j, expires) for j in jtis + [jtis[0]] * 3]
             results = await asyncio.gather(*claims)
             assert results[:40] == [True] * 40
             assert results[40:] == [False] * 3
             assert commit.rounds < len(claims) / 4, "concurrent claims did not share rounds"
+            # Operators see the sharing too: every claim is counted in some round's size.
+            after = metrics.sample("cds_db_group_commit_calls_sum", kind="claims-lookups")
+            assert after - served == len(claims)
             assert await count(database, SeenJti.jti) == 40
             assert await commit.claim_jti("iss", jtis[5], expires) is False
 
