@@ -753,7 +753,8 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": soak["rss_max_mb"] < 250,
             }
         )
-        flat = abs(soak["rss_end_mb"] - soak["rss_start_mb"]) <= max(
+        # Flat means no growth: memory given back (end below start) is not a leak.
+        flat = soak["rss_end_mb"] - soak["rss_start_mb"] <= max(
             10.0, 0.05 * soak["rss_start_mb"]
         )
         targets.append(
