@@ -754,9 +754,7 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
         # Flat means no growth: memory given back (end below start) is not a leak.
-        flat = soak["rss_end_mb"] - soak["rss_start_mb"] <= max(
-            10.0, 0.05 * soak["rss_start_mb"]
-        )
+        flat = soak["rss_end_mb"] - soak["rss_start_mb"] <= max(10.0, 0.05 * soak["rss_start_mb"])
         targets.append(
             {
                 "target": "worker RSS flat over the soak",
