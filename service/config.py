@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     max_body_bytes: int = 5 * 1024 * 1024
     max_json_depth: int = 64
+    max_concurrent_hooks: int = Field(default=16, ge=1)
+    """Hook calls a worker reads and evaluates at once; the rest wait with their bodies unread,
+    so many large prefetches arriving together cannot exhaust the worker's memory."""
     fhir_profiles_dir: Path = REPO_ROOT / "fhir_profiles"
     knowledge_dir: Path = Path(__file__).resolve().parent / "knowledge"
     trusted_issuers_file: Path | None = None

@@ -6,6 +6,7 @@ here, never per request.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -54,6 +55,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         http_client: Any = None
+        # Made on the serving loop (a Semaphore binds to the loop that first waits on it).
+        app.state.hook_slots = asyncio.Semaphore(settings.max_concurrent_hooks)
         if app.state.pipeline.fetcher is None:
             from service.fhir.client import FhirClient, make_http_client
 
@@ -89,6 +92,7 @@ def create_app(
     app.state.kb = kb
     app.state.clock = clock
     app.state.db = Database(settings.database_url)
+    app.state.hook_slots = asyncio.Semaphore(settings.max_concurrent_hooks)
     app.state.pipeline = HookPipeline(kb, fetcher, deadline_s=settings.fhir_deadline_s)
     app.state.discovery = discovery_document(kb)
     problems.install(app)

@@ -123,14 +123,18 @@ async def _run(
     spec = _service(service_id)
     bind(service_id=spec.id, hook=spec.hook)  # before parsing: a 400 is counted per service too
     settings = settings_of(request)
-    data = parse_json(await request.body(), max_depth=settings.max_json_depth)
-    body = validate(models.HookRequest, data)
-    bind(hook_instance=body.hookInstance)
-    call = _hook_call(spec, body)
-    check_fhir_server(call.fhir_server, caller)
-    pipeline: HookPipeline = request.app.state.pipeline
-    as_of = request.app.state.clock().date()
-    result = await pipeline.run(call, as_of, explain=explain)
+    # A slot bounds the bodies being read and evaluated at once; waiting calls' bodies stay in
+    # the socket (uvicorn pauses reading), so memory does not grow with the queue.
+    async with request.app.state.hook_slots:
+        data = parse_json(await request.body(), max_depth=settings.max_json_depth)
+        body = validate(models.HookRequest, data)
+        del data
+        bind(hook_instance=body.hookInstance)
+        call = _hook_call(spec, body)
+        check_fhir_server(call.fhir_server, caller)
+        pipeline: HookPipeline = request.app.state.pipeline
+        as_of = request.app.state.clock().date()
+        result = await pipeline.run(call, as_of, explain=explain)
     return spec, call, body, result
 
 
