@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from service import metrics
 from service.db import repository
@@ -160,5 +160,33 @@ def test_a_call_with_no_cards_costs_no_lookup(database_url: str) -> None:
         async with writer(database_url) as (_, commit):
             assert await commit.feedback("p", []) == {}
             assert commit.rounds == 0
+
+    run(test)
+
+
+def test_writer_reconnects_after_its_connection_is_killed(postgres_url: str) -> None:
+    """A PostgreSQL restart or failover kills the writer's held connection: the round in flight
+    fails (its callers degrade), and the next round works on a new connection."""
+
+    async def test() -> None:
+        async with writer(postgres_url) as (database, commit):
+            expires = datetime.now(UTC) + timedelta(minutes=5)
+            assert await commit.claim_jti("iss", "before", expires) is True
+            held = commit._queues.connection if commit._queues else None  # the writer's own
+            assert held is not None
+            pid = (await held.get_raw_connection()).driver_connection.info.backend_pid
+            async with database.engine.connect() as admin:
+                killed = await admin.execute(
+                    text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
+                )
+                assert killed.scalar_one() is True
+            outcomes = []
+            for jti in ("during", "after"):
+                try:
+                    outcomes.append(await commit.claim_jti("iss", jti, expires))
+                except Exception as exc:  # the round that found the connection dead
+                    outcomes.append(type(exc).__name__)
+            assert outcomes[-1] is True, outcomes
+            assert await commit.claim_jti("iss", "before", expires) is False
 
     run(test)
