@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from service.cli_analytics import register as register_analytics
+from service.cli_explain import register as register_explain
+from service.cli_hooks import register as register_hooks
 from service.config import Settings, get_settings
 
 
@@ -74,13 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=_migrate)
     rules_doc = sub.add_parser("rules-doc", help="print the clinician summary of the rules")
     rules_doc.set_defaults(func=_rules_doc)
-    try:
-        from service.cli_hooks import register
-    except ImportError:  # pragma: no cover - only while the hooks CLI is being built
-        pass
-    else:
-        register(sub)
-        __import__("service.cli_explain", fromlist=["register"]).register(sub)
+    register_hooks(sub)
+    register_explain(sub)
     register_analytics(sub)
     return parser
 

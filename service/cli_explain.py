@@ -191,16 +191,3 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     explain.add_argument("--no-trace", action="store_true", help="omit the condition traces")
     explain.add_argument("--json", action="store_true", help="print raw responses as JSON")
     explain.set_defaults(func=cmd_explain)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (``python -m service.cli_explain``)."""
-    parser = argparse.ArgumentParser(prog="sleep-cds")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -550,16 +550,3 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     load.add_argument("files", nargs="+", metavar="FILE")
     load.add_argument("--token-env", metavar="VAR", help="env var holding a FHIR bearer token")
     load.set_defaults(func=cmd_load)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (``python -m service.cli_hooks``) until ``sleep-cds`` wires it in."""
-    parser = argparse.ArgumentParser(prog="sleep-cds")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())

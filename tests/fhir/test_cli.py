@@ -26,7 +26,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from service.cli_hooks import CliError, build_context, main, read_drafts, render_template
+from service.cli import main
+from service.cli_hooks import CliError, build_context, read_drafts, render_template
 from service.sandbox import demo_patient_files, demo_shift_days, shift_dates
 from tests.fixtures.bad_fhir import closed_port_url
 from tests.fixtures.fhir_server import TEST_BEARER, load_bundles
