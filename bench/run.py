@@ -689,6 +689,9 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     cases = {c["key"]: c for c in report["cases"]}
     targets: list[dict[str, Any]] = []
 
+    def add(target: str, measured: str, met: bool) -> None:
+        targets.append({"target": target, "measured": measured, "met": met})
+
     def point(key: str, conc: int) -> dict[str, Any] | None:
         case = cases.get(key)
         return next((p for p in case["points"] if p["concurrency"] == conc), None) if case else None
@@ -697,71 +700,53 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         p = point("typical", conc)
         if p and p.get("baseline"):
             ratio = p["service"]["rps"] / p["baseline"]["rps"]
-            targets.append(
-                {
-                    "target": f"typical: throughput >= 50% of baseline (conc. {conc})",
-                    "measured": f"{ratio:.0%}",
-                    "met": ratio >= 0.5,
-                }
+            add(
+                f"typical: throughput >= 50% of baseline (conc. {conc})",
+                f"{ratio:.0%}",
+                ratio >= 0.5,
             )
     p = point("typical", 16)
     if p:
-        targets.append(
-            {
-                "target": "typical: p99 < 25 ms at concurrency 16",
-                "measured": f"{p['service']['p99_ms']:.1f} ms",
-                "met": p["service"]["p99_ms"] < 25,
-            }
+        add(
+            "typical: p99 < 25 ms at concurrency 16",
+            f"{p['service']['p99_ms']:.1f} ms",
+            p["service"]["p99_ms"] < 25,
         )
     p = point("heavy", 1)
     if p:
-        targets.append(
-            {
-                "target": "heavy: p50 < 60 ms (concurrency 1)",
-                "measured": f"{p['service']['p50_ms']:.1f} ms",
-                "met": p["service"]["p50_ms"] < 60,
-            }
+        add(
+            "heavy: p50 < 60 ms (concurrency 1)",
+            f"{p['service']['p50_ms']:.1f} ms",
+            p["service"]["p50_ms"] < 60,
         )
     tenth = point("heavy-tenth", 1)
     if p and tenth:
         ratio = p["service"]["p50_ms"] / tenth["service"]["p50_ms"]
         cpu = p["service"]["cpu_ms_per_req"] / max(tenth["service"]["cpu_ms_per_req"], 1e-9)
-        targets.append(
-            {
-                "target": "heavy: 10x resources <= 12x time (HTTP p50, conc. 1)",
-                "measured": f"{ratio:.1f}x (CPU/req {cpu:.1f}x)",
-                "met": ratio <= 12,
-            }
+        add(
+            "heavy: 10x resources <= 12x time (HTTP p50, conc. 1)",
+            f"{ratio:.1f}x (CPU/req {cpu:.1f}x)",
+            ratio <= 12,
         )
     engine = report.get("engine") or {}
     if "heavy x1" in engine and "heavy x0.1" in engine and "heavy x10" in engine:
         a = engine["heavy x1"]["median_ms"] / engine["heavy x0.1"]["median_ms"]
         b = engine["heavy x10"]["median_ms"] / engine["heavy x1"]["median_ms"]
-        targets.append(
-            {
-                "target": "engine only: 10x resources <= 12x time",
-                "measured": f"0.1x->1x: {a:.1f}x; 1x->10x: {b:.1f}x",
-                "met": a <= 12 and b <= 12,
-            }
+        add(
+            "engine only: 10x resources <= 12x time",
+            f"0.1x->1x: {a:.1f}x; 1x->10x: {b:.1f}x",
+            a <= 12 and b <= 12,
         )
     soak = report.get("soak")
     if soak:
-        targets.append(
-            {
-                "target": "worker RSS < 250 MB",
-                "measured": f"max {soak['rss_max_mb']} MB",
-                "met": soak["rss_max_mb"] < 250,
-            }
-        )
+        add("worker RSS < 250 MB", f"max {soak['rss_max_mb']} MB", soak["rss_max_mb"] < 250)
         # Flat means no growth: memory given back (end below start) is not a leak.
         flat = soak["rss_end_mb"] - soak["rss_start_mb"] <= max(10.0, 0.05 * soak["rss_start_mb"])
-        targets.append(
-            {
-                "target": "worker RSS flat over the soak",
-                "measured": f"{soak['rss_start_mb']} -> {soak['rss_end_mb']} MB "
-                f"({soak['rss_slope_mb_per_min']} MB/min)",
-                "met": flat,
-            }
+        add(
+            "worker RSS flat over the soak",
+            f"{soak['rss_start_mb']} -> {soak['rss_end_mb']} MB "
+            f"({soak['rss_slope_mb_per_min']} MB/min)",
+            flat,
         )
     return targets
 
