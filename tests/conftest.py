@@ -24,6 +24,16 @@ from service.main import create_app
 
 POSTGRES_URL = os.environ.get("CDS_TEST_POSTGRES_URL")
 NO_POSTGRES = "PostgreSQL not configured: set CDS_TEST_POSTGRES_URL (CI does)"
+# The patient-view prefetch keys discovery advertises (and the fallback fetches when absent).
+PATIENT_VIEW_KEYS = (
+    "patient",
+    "conditions",
+    "observations",
+    "symptoms",
+    "medicationRequests",
+    "medicationStatements",
+    "journal",
+)
 
 
 def _with_schema(url: str, schema: str) -> str:

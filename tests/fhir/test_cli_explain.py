@@ -23,6 +23,7 @@ from service.cli import build_parser
 from service.cli import main as sleep_cds
 from service.cli_explain import cmd_explain, format_explain
 from service.sandbox import demo_patient_files, load_bundles
+from tests.conftest import PATIENT_VIEW_KEYS
 from tests.fixtures.bad_fhir import closed_port_url
 
 pytestmark = pytest.mark.integration
@@ -118,15 +119,7 @@ def test_no_prefetch_json_shows_the_service_s_own_fetches(
     code, out, err = _run(capsys, *argv, "--service", service_url, "--no-prefetch", "--json")
     assert code == 0, err
     answer: dict[str, Any] = orjson.loads(out)[PV]
-    assert set(answer["fetches"]) == {
-        "patient",
-        "conditions",
-        "observations",
-        "symptoms",
-        "medicationRequests",
-        "medicationStatements",
-        "journal",
-    }
+    assert set(answer["fetches"]) == set(PATIENT_VIEW_KEYS)
     assert set(answer["fetches"].values()) == {"ok"}
     status = {r["rule"].split("@")[0]: r for r in answer["rules"]}
     assert status["rls-iron-studies"]["status"] == "fired"

@@ -37,6 +37,7 @@ from service.fhir import FhirClient, make_http_client
 from service.knowledge.base import load_knowledge
 from service.main import create_app
 from service.sandbox import demo_patient_files, load_bundles
+from tests.conftest import PATIENT_VIEW_KEYS
 from tests.fixtures.bad_fhir import BadFhirServer, closed_port_url
 from tests.fixtures.fhir_server import TEST_BEARER
 
@@ -239,15 +240,7 @@ def test_discovery_templates_are_the_ones_used(
 ) -> None:
     served = {s["hook"]: s["prefetch"] for s in client.get("/cds-services").json()["services"]}
     assert served == templates
-    assert set(templates["patient-view"]) == {
-        "patient",
-        "conditions",
-        "observations",
-        "symptoms",
-        "medicationRequests",
-        "medicationStatements",
-        "journal",
-    }
+    assert set(templates["patient-view"]) == set(PATIENT_VIEW_KEYS)
 
 
 @pytest.mark.parametrize(("file", "patient", "expected"), PATIENTS, ids=[p for _, p, _ in PATIENTS])

@@ -20,6 +20,7 @@ from service.config import Settings
 from service.engine.pipeline import HOOKS, HookCall, HookPipeline
 from service.errors import PrefetchUnavailable
 from service.knowledge.base import load_knowledge
+from tests.conftest import PATIENT_VIEW_KEYS
 from tests.reliability.helpers import ferritin, rls_condition
 
 AS_OF = date(2026, 11, 25)
@@ -225,15 +226,6 @@ def test_good_ferritin_counts_whatever_is_beside_it(junk: list[Any], rnd: Any) -
     assert "Observation/good-ferritin" in [lab.ref for lab in record.labs.get("ferritin", [])]
 
 
-PREFETCH_KEYS = [
-    "patient",
-    "conditions",
-    "observations",
-    "symptoms",
-    "medicationRequests",
-    "medicationStatements",
-    "journal",
-]
 bundles = st.builds(
     lambda entries: {"resourceType": "Bundle", "type": "searchset", "entry": entries},
     st.lists(st.fixed_dictionaries({"resource": any_resource}) | json_values, max_size=6),
@@ -241,11 +233,11 @@ bundles = st.builds(
 
 
 @PROPERTY
-@given(st.dictionaries(st.sampled_from(PREFETCH_KEYS), json_values | any_resource | bundles))
+@given(st.dictionaries(st.sampled_from(PATIENT_VIEW_KEYS), json_values | any_resource | bundles))
 def test_pipeline_never_raises_on_any_prefetch(prefetch: dict[str, Any]) -> None:
     """The whole pipeline, prefetch semantics included. A value that is not what the template
     asks for means "fetch it"; with no fhirServer that is the one expected error (412)."""
-    full = dict.fromkeys(PREFETCH_KEYS) | prefetch
+    full = dict.fromkeys(PATIENT_VIEW_KEYS) | prefetch
     pipeline = engine()
     for hook in HOOKS:
         call = HookCall(hook=hook, patient_id="p1", prefetch=full, draft_orders=[])

@@ -28,17 +28,8 @@ from schemathesis.specs.openapi.checks import (
 
 from service.cdshooks.discovery import SERVICES
 from service.main import create_app
-from tests.conftest import make_settings
+from tests.conftest import PATIENT_VIEW_KEYS, make_settings
 
-PREFETCH_KEYS = (
-    "patient",
-    "conditions",
-    "observations",
-    "symptoms",
-    "medicationRequests",
-    "medicationStatements",
-    "journal",
-)
 SEED = 20261125
 EXAMPLES_PER_OPERATION = 300
 MIN_CASES = 1000
@@ -94,7 +85,7 @@ def _steer(case: Any) -> None:
             context["selections"] = []
     if len(str(body.get("hookInstance"))) % 2 == 0:
         prefetch = body.get("prefetch") if isinstance(body.get("prefetch"), dict) else {}
-        body["prefetch"] = dict.fromkeys(PREFETCH_KEYS) | prefetch
+        body["prefetch"] = dict.fromkeys(PATIENT_VIEW_KEYS) | prefetch
 
 
 @schemathesis.check
