@@ -34,7 +34,7 @@ from service.cdshooks.discovery import SERVICES, ServiceSpec, service_by_id
 from service.db import repository
 from service.engine.cards import CardMeta
 from service.engine.pipeline import HookCall, HookPipeline, HookResult
-from service.engine.suppression import PriorFeedback, is_suppressed
+from service.engine.suppression import CLOCK_SKEW, PriorFeedback, is_suppressed
 from service.errors import InvalidRequest, StorageUnavailable, UnknownService
 from service.logging import bind
 
@@ -203,10 +203,16 @@ async def _without_suppressed(
     now = request.app.state.clock()
     policy = request.app.state.kb.policy
     kept: list[tuple[dict[str, Any], CardMeta]] = []
-    for card, meta in zip(result.cards, result.metas, strict=True):
-        prior = [PriorFeedback(*row) for row in history.get(meta.key, [])]
-        if not is_suppressed(policy, meta.indicator, prior, now):
-            kept.append((card, meta))
+    try:
+        for card, meta in zip(result.cards, result.metas, strict=True):
+            prior = [PriorFeedback(*row) for row in history.get(meta.key, [])]
+            if not is_suppressed(policy, meta.indicator, prior, now):
+                kept.append((card, meta))
+    except Exception as exc:  # a bug or odd data in the suppression logic never hides a card
+        log.error(
+            "suppression skipped: %s", type(exc).__name__, extra={"outcome": "suppression-skipped"}
+        )
+        return result.cards, result.metas
     if len(kept) < len(result.cards):
         bind(suppressed=len(result.cards) - len(kept))
     return [card for card, _ in kept], [meta for _, meta in kept]
@@ -263,6 +269,7 @@ async def feedback(service_id: ServiceId, request: Request, caller: CallerDep) -
     settings = settings_of(request)
     data = parse_json(await request.body(), max_depth=settings.max_json_depth)
     body = validate(models.FeedbackRequest, data)
+    received = request.app.state.clock()
     items = []
     for i, entry in enumerate(body.feedback):
         override = entry.overrideReason
@@ -290,6 +297,13 @@ async def feedback(service_id: ServiceId, request: Request, caller: CallerDep) -
             outcome_at = outcome_at.astimezone(UTC)
         except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
             raise InvalidRequest(f"feedback.{i}.outcomeTimestamp: out of range") from None
+        if outcome_at > received + CLOCK_SKEW:
+            raise InvalidRequest(
+                f"feedback.{i}.outcomeTimestamp: more than 5 minutes after the service's clock"
+            )
+        # The suppression window starts when the service received the feedback, or earlier
+        # if the client says so: a client clock can never push a window into the future.
+        outcome_at = min(outcome_at, received)
         if entry.outcome == "accepted" and not entry.acceptedSuggestions:
             raise InvalidRequest(f"feedback.{i}: acceptedSuggestions is required when accepted")
         reason = entry.overrideReason.reason if entry.overrideReason else None

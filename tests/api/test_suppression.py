@@ -201,3 +201,67 @@ def test_suppression_fails_open_when_feedback_cannot_be_read(
             assert topic(call(client, [RLS], [LOW]), "lab-check") is not None
         finally:
             repository.feedback_for_patients = original  # type: ignore[assignment]
+
+
+# --- server time rules (issue 14, defects 1 and 2) --------------------------------------------
+
+
+def feedback_at(client: TestClient, card: dict[str, Any], when: str, reason: str) -> Any:
+    item = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {"reason": {"system": LOCAL, "code": reason}},
+        "outcomeTimestamp": when,
+    }
+    return client.post(f"{PV}/feedback", json={"feedback": [item]})
+
+
+def test_far_future_timestamp_is_a_400_naming_the_field_and_hooks_keep_working(
+    app_factory: Callable[..., FastAPI], database_url: str, clock: FrozenClock
+) -> None:
+    with TestClient(app_factory(database_url)) as client:
+        card = topic(call(client, [RLS], [LOW]), "lab-check")
+        assert card is not None
+        for when in ("9999-12-30T00:00:00Z", "9999-12-31T23:59:59.999999+00:00"):
+            response = feedback_at(client, card, when, "already-addressed")
+            assert response.status_code == 400, response.text
+            body = response.json()
+            assert body["resourceType"] == "OperationOutcome"
+            assert "feedback.0.outcomeTimestamp" in body["issue"][0]["diagnostics"]
+        # Nothing was stored, so the card still shows, and the hook answers 200 (not 500).
+        assert topic(call(client, [RLS], [LOW]), "lab-check") is not None
+
+
+def test_a_timestamp_slightly_ahead_of_the_server_clock_starts_the_window_at_receipt(
+    app_factory: Callable[..., FastAPI], clock: FrozenClock
+) -> None:
+    weakness = condition("weak", "26544005", onset="2026-11-24")
+    with TestClient(app_factory()) as client:
+        card = topic(call(client, [RLS, weakness], []), "neurology-referral")
+        assert card is not None and card["indicator"] == "critical"
+        ahead = (clock.now + timedelta(minutes=4)).isoformat()
+        assert feedback_at(client, card, ahead, "not-clinically-relevant").status_code == 200
+        assert topic(call(client, [RLS, weakness], []), "neurology-referral") is None
+        # 24 h after receipt (not after the client's timestamp) the red flag is back.
+        clock.now += timedelta(hours=24)
+        assert topic(call(client, [RLS, weakness], []), "neurology-referral") is not None
+
+
+def test_window_arithmetic_saturates_at_the_end_of_the_datetime_range() -> None:
+    from datetime import UTC, datetime
+
+    from service.config import Settings
+    from service.engine.suppression import LATEST, PriorFeedback, later, suppressed_until
+    from service.knowledge.base import load_knowledge
+
+    settings = Settings()
+    policy = load_knowledge(settings.fhir_profiles_dir, settings.knowledge_dir).policy
+    edge = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
+    assert later(edge, timedelta(days=400)) == LATEST
+    for outcome, reason in (("accepted", None), ("overridden", "not-clinically-relevant")):
+        prior = PriorFeedback(outcome, edge, reason)
+        for indicator in ("info", "warning", "critical"):
+            until = suppressed_until(policy, indicator, prior)
+            assert until is not None and until >= edge
+    start = datetime.min.replace(tzinfo=UTC)
+    assert later(start, timedelta(days=-1)) == start
