@@ -179,12 +179,15 @@ class CardComposer:
 
     def _detail(self, record: PatientRecord, fired: list[RuleOutcome]) -> str:
         sections = []
+        shown: set[str] = set()  # a result behind two rules of one card is listed once
         for outcome in fired:
             rule = outcome.rule
             lines = [f"**{rule.title}**", "", _render(rule.card.detail, outcome.bindings, record)]
-            if outcome.evidence:
+            evidence = [e.text for e in outcome.evidence if e.text not in shown]
+            shown.update(evidence)
+            if evidence:
                 lines += ["", "Evidence:"]
-                lines += [f"- {e.text}" for e in outcome.evidence]
+                lines += [f"- {text}" for text in dict.fromkeys(evidence)]
             refs = "; ".join(f"[{s.label}]({s.url})" for s in rule.sources)
             lines += ["", f"Source: {refs} (rule {rule.id} v{rule.version})"]
             sections.append("\n".join(lines))

@@ -8,6 +8,7 @@ A rule fires only when its condition is true.
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args
@@ -75,13 +76,50 @@ def _fmt(value: float) -> str:
 
 
 def _combine(results: list[Result]) -> tuple[list[Evidence], dict[str, Any], list[str]]:
+    """Evidence and bindings of the true parts; one fact read by two conditions (ferritin > 75
+    and ferritin <= 100) is listed once."""
     evidence: list[Evidence] = []
     bindings: dict[str, Any] = {}
+    seen: set[str] = set()
     for result in results:
         if result.value is True:
-            evidence.extend(result.evidence)
+            for item in result.evidence:
+                if item.key not in seen:
+                    seen.add(item.key)
+                    evidence.append(item)
             bindings.update(result.bindings)
     return evidence, bindings, [line for r in results for line in r.trace]
+
+
+_OPERATOR_WORDS = {"<": "under", "<=": "at most", ">": "over", ">=": "at least", "==": ""}
+_LABEL_UNIT = re.compile(r"\s*\(([^)]*)\)$")
+
+
+def journal_phrase(kb: KnowledgeBase, spec: schema.JournalSpec) -> str:
+    """What a journal condition found, in words: "jerks at sleep onset", "stress level at
+    least 7/10", "total sleep under 6 hours", "timing of jerks: while awake in the daytime"."""
+    label = kb.journal_labels.get(spec.item, spec.item)
+    found = _LABEL_UNIT.search(label)
+    unit = found.group(1) if found else ""
+    base = label[: found.start()] if found else label
+    # An acronym keeps its case ("PLM count"); a word is lower-cased inside a sentence.
+    phrase = base if base[:2].isupper() else base[:1].lower() + base[1:]
+    value = spec.value
+    if isinstance(value, bool):
+        return phrase if value else f"no {phrase}"
+    if isinstance(value, str):
+        if value == "yes":
+            return phrase
+        shown = kb.journal_options.get(spec.item, {}).get(value, value)
+        return f"{phrase}: {shown[:1].lower()}{shown[1:]}"
+    if unit == "count" and spec.op == ">=" and value == 1:
+        return phrase  # "jerks at sleep onset", not "jerks at sleep onset at least 1"
+    number = f"{value:g}"
+    if "-" in unit:  # a scale such as 0-10
+        number += "/" + unit.rsplit("-", 1)[1]
+    elif unit and unit != "count":
+        number += f" {unit}"
+    return f"{phrase} {_OPERATOR_WORDS[spec.op]} {number}".replace("  ", " ")
 
 
 def _freeze(value: Any) -> Hashable:
@@ -267,8 +305,6 @@ class Program:
                 f"journal {journal.item} {journal.op} {journal.value} "
                 f"on ≥{journal.min_nights} nights"
             )
-            item = kb.journal_labels.get(journal.item, journal.item)
-            answer = "" if journal.value is True else f" {journal.op} {journal.value}"
             key = ("journal", _freeze(journal.model_dump()))
             return self._make(
                 key,
@@ -276,7 +312,11 @@ class Program:
                 (),
                 journal,
                 label,
-                (COMPARATORS[journal.op], isinstance(journal.value, bool), item + answer),
+                (
+                    COMPARATORS[journal.op],
+                    isinstance(journal.value, bool),
+                    journal_phrase(kb, journal),
+                ),
             )
         if isinstance(node, schema.AgeCond):
             age = node.age
@@ -500,26 +540,36 @@ class Evaluator:
         return None, newest
 
     def _lab_text(self, lab: LabResult) -> str:
-        analyte = self.kb.analytes[lab.analyte]
+        """ "Ferritin 38 ng/mL on 2026-03-01; reference 30 to 400 ng/mL; flagged L". An open-ended
+        range reads "reference > 60" or "reference < 5.7 %"; units as clinicians write them."""
+        kb = self.kb
+        analyte = kb.analytes[lab.analyte]
+        unit = kb.show_unit(analyte.unit)
         bound = lab.comparator or ""
-        text = f"{analyte.display} {bound}{_fmt(lab.raw_value)} {lab.raw_unit or analyte.unit}"
+        text = (
+            f"{analyte.display} {bound}{_fmt(lab.raw_value)} {kb.show_unit(lab.raw_unit) or unit}"
+        )
         if lab.raw_unit and lab.raw_unit != analyte.unit:
-            text += f" (= {_fmt(lab.value)} {analyte.unit})"
+            text += f" (= {_fmt(lab.value)} {unit})"
         text += f" on {lab.when.isoformat()}"
-        if lab.ref_low is not None or lab.ref_high is not None:
-            low = _fmt(lab.ref_low) if lab.ref_low is not None else ""
-            high = _fmt(lab.ref_high) if lab.ref_high is not None else ""
-            text += f"; lab reference range {low} to {high} {analyte.unit}"
+        low, high = lab.ref_low, lab.ref_high
+        if low is not None and high is not None:
+            text += f"; reference {_fmt(low)} to {_fmt(high)} {unit}"
+        elif low is not None:
+            text += f"; reference > {_fmt(low)} {unit}"
+        elif high is not None:
+            text += f"; reference < {_fmt(high)} {unit}"
         if lab.interpretation:
             text += f"; flagged {', '.join(sorted(lab.interpretation))}"
-        return escape_markdown(text)
+        return escape_markdown(text.replace("  ", " ").rstrip())
 
     def _lab_binding(self, lab: LabResult) -> dict[str, Any]:
+        shown = self.kb.show_unit(lab.raw_unit)
         return {
             "value": lab.value,
             "unit": lab.unit,
             "date": lab.when,
-            "raw": f"{lab.comparator or ''}{_fmt(lab.raw_value)} {lab.raw_unit}".strip(),
+            "raw": f"{lab.comparator or ''}{_fmt(lab.raw_value)} {shown}".strip(),
             "display": self.kb.analytes[lab.analyte].display,
         }
 
@@ -588,16 +638,16 @@ class Evaluator:
         if recent is not None:
             return self._result(label, False, f"result on {recent.when.isoformat()}")
         if newest is None:
-            text = f"No {analyte.display} result on file"
+            text = escape_markdown(f"No {analyte.display} result on file")
             key = f"missing:{spec.analyte}"
         else:
             text = (
-                f"No {analyte.display} result in the last {spec.within_days} days "
-                f"(last: {self._lab_text(newest)})"
+                escape_markdown(f"No {analyte.display} result in the last {spec.within_days} days ")
+                + f"(last: {self._lab_text(newest)})"
             )
             key = f"stale:{spec.analyte}:{newest.ref}"
         result = self._result(label, True, text)
-        result.evidence = [Evidence("lab-missing", escape_markdown(text), key, None)]
+        result.evidence = [Evidence("lab-missing", text, key, None)]
         if spec.as_:
             result.bindings[spec.as_] = {
                 "display": analyte.display,
@@ -762,10 +812,14 @@ class Evaluator:
         detail = f"{len(hits)} of {nights} nights in the last {spec.within_days} days"
         result = self._result(label, value, detail)
         if value:
+            sentence = (
+                f"Sleep journal: {wording} on {len(hits)} of {nights} "
+                f"{'night' if nights == 1 else 'nights'} (last {spec.within_days} days)"
+            )
             result.evidence = [
                 Evidence(
                     "journal",
-                    escape_markdown(f"Sleep journal: {wording} on {detail}"),
+                    escape_markdown(sentence),
                     f"journal:{spec.item}:{hits[0].night}:{len(hits)}",
                     hits[0].ref,
                 )

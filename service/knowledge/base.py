@@ -45,6 +45,18 @@ class KnowledgeBase:
     """linkId → what the clinician reads (the item code's display)."""
     analyte_by_code: dict[tuple[str, str], str] = field(default_factory=dict)
     not_about_patient: re.Pattern[str] | None = None
+    journal_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    """linkId → answer code → display, for choice items."""
+    unit_display: dict[str, str] = field(default_factory=dict)
+    """UCUM code → how clinicians write it (``mL/min/{1.73_m2}`` → ``mL/min/1.73 m²``)."""
+
+    def show_unit(self, unit: str) -> str:
+        """A UCUM unit as a clinician reads it: listed spellings first, else the annotation
+        braces removed (``{score}`` → ``score``)."""
+        shown = self.unit_display.get(unit)
+        if shown is not None:
+            return shown
+        return re.sub(r"\{([^}]*)\}", lambda m: m.group(1).replace("_", " "), unit)
 
     def rules_for(self, hook: str) -> tuple[schema.Rule, ...]:
         return tuple(r for r in self.rules if r.status == "active" and hook in r.hooks)
@@ -212,20 +224,30 @@ def _check_rule(path: Path, rule: schema.Rule, checker: _Checker, kb: dict[str, 
         raise KnowledgeError(f"{path}: field 'population': paediatric rules need an age condition")
 
 
-def _journal_items(artifacts: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
-    """linkId → (item type, label) of the sleep-journal Questionnaire."""
+def _journal_items(
+    artifacts: dict[str, dict[str, Any]],
+) -> tuple[dict[str, tuple[str, str]], dict[str, dict[str, str]]]:
+    """(linkId → (item type, label), linkId → answer code → display) of the sleep journal."""
     questionnaire = artifacts.get(JOURNAL_URL)
     if questionnaire is None:
         raise KnowledgeError(f"fhir_profiles: Questionnaire {JOURNAL_URL} is missing")
     items: dict[str, tuple[str, str]] = {}
+    options: dict[str, dict[str, str]] = {}
     stack = list(questionnaire.get("item") or [])
     while stack:
         item = stack.pop()
         codes = item.get("code") or [{}]
         label = codes[0].get("display") or item.get("text") or item["linkId"]
-        items[str(item["linkId"])] = (str(item.get("type")), str(label))
+        link_id = str(item["linkId"])
+        items[link_id] = (str(item.get("type")), str(label))
+        for option in item.get("answerOption") or []:
+            coding = option.get("valueCoding") or {}
+            if isinstance(coding.get("code"), str):
+                options.setdefault(link_id, {})[coding["code"]] = str(
+                    coding.get("display") or coding["code"]
+                )
         stack.extend(item.get("item") or [])
-    return items
+    return items, options
 
 
 def _phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern[str] | None:
@@ -238,7 +260,7 @@ def _phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern[str] | None:
 def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
     """Load and cross-check everything; raise ``KnowledgeError`` on the first problem."""
     artifacts = load_profiles(profiles_dir)
-    journal = _journal_items(artifacts)
+    journal, journal_options = _journal_items(artifacts)
     valuesets = index_valuesets(artifacts)
     analyte_file = _load_yaml(knowledge_dir / "analytes.yaml", schema.AnalyteFile)
     orders_file = knowledge_dir / "orders.yaml"
@@ -305,6 +327,8 @@ def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
         journal_labels={k: label for k, (_, label) in journal.items()},
         analyte_by_code=analyte_by_code,
         not_about_patient=_phrase_pattern(policy.not_about_patient_phrases),
+        journal_options=journal_options,
+        unit_display=analyte_file.unit_display,
     )
 
 

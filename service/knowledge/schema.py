@@ -328,6 +328,8 @@ class Analyte(_Strict):
 class AnalyteFile(_Strict):
     lab_order_category: CodingSpec
     unit_aliases: dict[str, str]
+    unit_display: dict[str, str] = {}
+    """UCUM code → the spelling shown on cards (clinicians do not read UCUM annotations)."""
     analytes: dict[str, Analyte]
 
 
