@@ -15,7 +15,6 @@ loopback host, no credentials). No token is ever sent to the FHIR server from he
 
 from __future__ import annotations
 
-import re
 from datetime import date
 from functools import lru_cache
 from importlib import resources
@@ -27,8 +26,9 @@ from starlette.responses import Response
 
 from service.api.deps import settings_of
 from service.api.problems import operation_outcome
+from service.cdshooks.models import is_fhir_id
 from service.config import Settings
-from service.engine.prefetch import templates_for
+from service.engine.prefetch import fill_template, templates_for
 from service.errors import InvalidRequest, UnknownService
 from service.knowledge.base import KnowledgeBase
 from service.security import check_fhir_server
@@ -46,7 +46,6 @@ _STATIC = {
     "console.css": "text/css; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
 }
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _PATIENT_LIMIT = 200
 _CHART_KEYS = (
     "patient",
@@ -132,13 +131,13 @@ async def console_chart(
     fhirServer: str | None = None,
 ) -> Response:
     settings = _require_console(request)
-    if not _FHIR_ID.match(patient_id):
+    if not is_fhir_id(patient_id):
         raise InvalidRequest("patient id must be a FHIR id ([A-Za-z0-9-.]{1,64})")
     base = _fhir_base(settings, fhirServer)
     kb: KnowledgeBase = request.app.state.kb
     templates = templates_for(kb, "patient-view")
     queries = {
-        key: templates[key].replace("{{context.patientId}}", patient_id)
+        key: fill_template(templates[key], {"context.patientId": patient_id})
         for key in _CHART_KEYS
         if key in templates
     }

@@ -86,6 +86,11 @@ def _hook_call(spec: ServiceSpec, body: models.HookRequest) -> HookCall:
     _no_nul("hookInstance/context", body.hookInstance, context.patientId, context.userId)
     if body.hook != spec.hook:
         raise InvalidRequest(f"hook {body.hook!r} does not match service {spec.id} ({spec.hook})")
+    if body.fhirAuthorization is not None and not body.fhirServer:
+        raise InvalidRequest(
+            "fhirAuthorization without fhirServer: CDS Hooks 2.0 requires fhirServer whenever "
+            "fhirAuthorization is sent"
+        )
     missing = [f for f in ("patientId", "userId") if not getattr(context, f)]
     if spec.hook in ("order-select", "order-sign") and context.draftOrders is None:
         missing.append("draftOrders")

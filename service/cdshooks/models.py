@@ -7,9 +7,27 @@ and documented here for the OpenAPI schema.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# FHIR R4 ``id``: what goes into a FHIR URL path or search value. "." and ".." fit the grammar
+# but are dot segments in a URL path (``Patient/..`` is the server root), so they are refused.
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+REFERENCE = re.compile(r"[A-Z][A-Za-z]{0,63}/[A-Za-z0-9\-.]{1,64}")
+# Stored strings (audit and feedback columns) are bounded here, so a long value is a 400 and
+# never a failed database write.
+MAX_TOKEN_CHARS = 8192
+
+
+def is_fhir_id(value: str) -> bool:
+    return FHIR_ID.fullmatch(value) is not None and value not in (".", "..")
+
+
+def is_reference(value: str) -> bool:
+    """``ResourceType/id`` (a relative literal reference), as CDS Hooks requires for userId."""
+    return REFERENCE.fullmatch(value) is not None and is_fhir_id(value.partition("/")[2])
 
 
 class _Lenient(BaseModel):
@@ -19,7 +37,7 @@ class _Lenient(BaseModel):
 class FhirAuthorization(_Lenient):
     """OAuth 2.0 bearer token the service may use to query ``fhirServer``."""
 
-    access_token: str = Field(min_length=1)
+    access_token: str = Field(min_length=1, max_length=MAX_TOKEN_CHARS)
     token_type: str = "Bearer"
     expires_in: int | None = None
     scope: str | None = None
@@ -51,13 +69,28 @@ class HookContext(_Lenient):
     selections: list[str] | None = None
     draftOrders: dict[str, Any] | None = None
 
+    @field_validator("patientId", "encounterId")
+    @classmethod
+    def _fhir_id(cls, value: str | None) -> str | None:
+        # Ids go into FHIR URLs and the audit trail: only the FHIR id grammar is accepted.
+        if value is not None and not is_fhir_id(value):
+            raise ValueError("must be a FHIR id ([A-Za-z0-9-.]{1,64}, not '.' or '..')")
+        return value
+
+    @field_validator("userId")
+    @classmethod
+    def _reference(cls, value: str | None) -> str | None:
+        if value is not None and not is_reference(value):
+            raise ValueError("must be a FHIR reference ResourceType/id, e.g. Practitioner/123")
+        return value
+
 
 class HookRequest(_Lenient):
     """The body of ``POST /cds-services/{id}``."""
 
     hook: str = Field(min_length=1)
     hookInstance: str = Field(min_length=1, max_length=128)
-    fhirServer: str | None = None
+    fhirServer: str | None = Field(default=None, max_length=2048)
     fhirAuthorization: FhirAuthorization | None = None
     context: HookContext
     prefetch: dict[str, Any] | None = None
@@ -69,12 +102,20 @@ class Coding(BaseModel):
     display: str | None = None
 
 
+class ReasonCoding(BaseModel):
+    """An override reason as stored: bounded like its database columns."""
+
+    system: str = Field(max_length=256)
+    code: str = Field(max_length=64)
+    display: str | None = Field(default=None, max_length=1024)
+
+
 class AcceptedSuggestion(_Lenient):
-    id: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=128)
 
 
 class OverrideReason(_Lenient):
-    reason: Coding | None = None
+    reason: ReasonCoding | None = None
     userComment: str | None = Field(default=None, max_length=4000)
 
 
@@ -83,9 +124,9 @@ class FeedbackEntry(_Lenient):
 
     card: str = Field(min_length=1, max_length=128)
     outcome: Literal["accepted", "overridden"]
-    acceptedSuggestions: list[AcceptedSuggestion] | None = None
+    acceptedSuggestions: list[AcceptedSuggestion] | None = Field(default=None, max_length=100)
     overrideReason: OverrideReason | None = None
-    outcomeTimestamp: str = Field(min_length=1)
+    outcomeTimestamp: str = Field(min_length=1, max_length=64)
 
 
 class FeedbackRequest(_Lenient):

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from service import metrics
 from service.engine.cards import CardComposer, CardMeta
 from service.engine.evaluate import RuleEngine, RuleOutcome
-from service.engine.prefetch import KEY_CATEGORY, read_prefetch, templates_for
+from service.engine.prefetch import KEY_CATEGORY, fill_template, read_prefetch, templates_for
 from service.engine.record import PatientRecord, RecordReader
 from service.errors import PrefetchUnavailable
 from service.knowledge.base import KnowledgeBase
@@ -70,12 +70,17 @@ class HookResult:
 
 
 def render_query(template: str, call: HookCall) -> str:
-    """Fill the 2.0 tokens the templates use."""
+    """Fill the 2.0 tokens the templates use, each value encoded (never spliced in raw)."""
     user = call.user_id or ""
-    query = template.replace("{{context.patientId}}", call.patient_id)
-    query = query.replace("{{context.userId}}", user)
-    query = query.replace("{{userPractitionerId}}", user.split("/")[-1])
-    return query.replace("{{context.encounterId}}", call.encounter_id or "")
+    return fill_template(
+        template,
+        {
+            "context.patientId": call.patient_id,
+            "context.userId": user,
+            "userPractitionerId": user.split("/")[-1],
+            "context.encounterId": call.encounter_id or "",
+        },
+    )
 
 
 def _unresolved_medication_refs(resources: list[Any]) -> list[str]:

@@ -7,9 +7,11 @@ lab codes the Observation query names, so templates are never written twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from service.knowledge import schema
 from service.knowledge.base import KnowledgeBase, iter_conditions
@@ -37,6 +39,18 @@ _KEYS: dict[str, tuple[str, str]] = {
 }
 
 KEY_CATEGORY = {key: category for key, (category, _) in _KEYS.items()}
+
+_TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
+
+
+def fill_template(template: str, values: Mapping[str, str]) -> str:
+    """The query a template asks for, each token's value percent-encoded as one URL component.
+
+    Ids are validated on the way in; encoding as well means a value can never add a path segment,
+    a query parameter or a second search value (``/``, ``?``, ``&``, ``,``, ``#`` are all encoded).
+    A token with no value is a ``KeyError``: templates come from the knowledge base, not callers.
+    """
+    return _TOKEN.sub(lambda m: quote(values[m.group(1)], safe=""), template)
 
 
 def _needs(node: schema.Condition) -> tuple[set[str], set[str]]:

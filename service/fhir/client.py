@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
 
 # "Type/id" or "Type/id/_history/vid": a read, whose 404/410 means "no such resource", not a fault.
-_READ_RE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}(/_history/[A-Za-z0-9\-.]{1,64})?$")
-_REFERENCE_RE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
-_TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
+_READ_RE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}(/_history/[A-Za-z0-9\-.]{1,64})?\Z")
+_REFERENCE_RE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}\Z")
+_TOKEN_RE = re.compile(r"^[\x21-\x7e]+\Z")
 
 
 class _Fail(Exception):
@@ -49,7 +49,8 @@ class FetchResult:
     page-cap) would let a rule mistake "not fetched" for "absent". ``reason`` is one of
     ``timeout``, ``connect-error`` (no connection, or it broke mid-response), ``http-<status>``,
     ``not-fhir``, ``operation-outcome``, ``page-cap``, ``paging-loop``, ``too-large``,
-    ``foreign-next-link``.
+    ``foreign-next-link`` (a paging link outside the base), ``outside-base`` (a query that would
+    leave the base, e.g. through a ``..`` segment).
     """
 
     key: str
@@ -94,6 +95,18 @@ def make_http_client(
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     default = {"http": 80, "https": 443}.get(url.scheme)
     return (url.scheme, url.host, url.port or default)
+
+
+def _inside(url: httpx.URL, base: httpx.URL) -> bool:
+    """Same scheme, host and port as ``base`` and a path under its path, with no dot segment
+    (decoded: a server may decode ``%2e%2e`` and then climb). Only such URLs get the token."""
+    if _origin(url) != _origin(base):
+        return False
+    segments = url.path.split("/")
+    if any(segment in (".", "..") for segment in segments):
+        return False
+    prefix = base.path.rstrip("/") + "/"
+    return url.path.startswith(prefix)
 
 
 def is_read_query(query: str) -> bool:
@@ -184,10 +197,9 @@ class FhirClient:
     def _join(base: httpx.URL, query: str) -> httpx.URL:
         if "://" in query.split("?", 1)[0] or query.startswith("//"):
             raise ValueError("FHIR queries must be relative to the base URL")
-        url = httpx.URL(f"{base}/{query.lstrip('/')}")
-        if _origin(url) != _origin(base):  # pragma: no cover - cannot happen after the checks
-            raise ValueError("query escapes the FHIR base URL")
-        return url
+        # Queries arrive with their values already percent-encoded (see engine.prefetch);
+        # ``_fetch`` refuses the result unless it is inside the base.
+        return httpx.URL(f"{base}/{query.lstrip('/')}")
 
     async def _run_one(
         self,
@@ -241,8 +253,8 @@ class FhirClient:
         resources: list[dict[str, Any]] = []
         next_url: httpx.URL | None = url
         while next_url is not None:
-            if _origin(next_url) != _origin(base):
-                raise _Fail("foreign-next-link")
+            if not _inside(next_url, base):
+                raise _Fail("outside-base" if next_url is url else "foreign-next-link")
             if str(next_url) in seen:
                 raise _Fail("paging-loop")
             if result.pages >= self._page_cap:

@@ -29,7 +29,7 @@ class AuthenticatedCaller(Protocol):
 def check_fhir_server(url: str | None, caller: AuthenticatedCaller | None) -> None:
     """Raise ``ForbiddenFhirServer`` unless ``url`` may be called.
 
-    * Any caller: https, or http only to a loopback host; no credentials in the URL.
+    * Any caller: https, or http only to a loopback host; no credentials, query or fragment.
     * Authenticated caller: ``url`` (trailing slash ignored) must be one of its
       issuer's ``fhir_servers``.
     * Local mode (``caller`` is None): the first rule alone.
@@ -45,6 +45,9 @@ def check_fhir_server(url: str | None, caller: AuthenticatedCaller | None) -> No
     scheme = parts.scheme.lower()
     if has_credentials:
         raise ForbiddenFhirServer("fhirServer must not contain credentials")
+    if "?" in url or "#" in url:
+        # A base URL has neither: queries are appended to it, so either would corrupt them.
+        raise ForbiddenFhirServer("fhirServer must be a base URL without a query or fragment")
     if not host or not (scheme == "https" or (scheme == "http" and is_loopback_host(host))):
         raise ForbiddenFhirServer(
             "fhirServer must be an https URL (plain http is allowed only for loopback hosts)"

@@ -214,13 +214,18 @@ ODD_TEXT = {
 def test_odd_text_in_identifiers_and_comments_never_5xx(
     database_url: str, text: str, app_factory: Callable[..., FastAPI]
 ) -> None:
-    """Identifiers, hookInstance and comments with odd code points, on SQLite and PostgreSQL:
+    """Identifiers, hookInstance and comments with odd code points, on SQLite and PostgreSQL.
+    Ids must be FHIR ids / references: a 400 naming the field. hookInstance and comments are
     served and stored, except NUL, which FHIR and PostgreSQL forbid: a 400 naming it (before
     this was checked, PostgreSQL turned it into a 503 and skipped audit rows)."""
     with TestClient(app_factory(database_url)) as client:
-        body = patient_view(text)
+        for field in ("patientId", "userId"):
+            body = patient_view()
+            body["context"][field] = text
+            response, _ = post_raw(client, PV, orjson.dumps(body))
+            assert_4xx(response, 400, f"context.{field}")
+        body = patient_view()
         body["hookInstance"] = text[:128]
-        body["context"]["userId"] = text
         response, _ = post_raw(client, PV, orjson.dumps(body))
         if "\u0000" in text:
             assert_4xx(response, 400, "NUL")

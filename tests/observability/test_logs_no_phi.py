@@ -64,8 +64,11 @@ def patient() -> dict[str, Any]:
     }
 
 
-def phi_body(**extra: Any) -> dict[str, Any]:
-    body = patient_view(PATIENT_ID, patient=patient(), token=TOKEN, **extra)
+def phi_body(fhir_server: str, **extra: Any) -> dict[str, Any]:
+    # CDS Hooks 2.0 sends fhirAuthorization only with fhirServer (otherwise a 400).
+    body = patient_view(
+        PATIENT_ID, patient=patient(), token=TOKEN, fhir_server=fhir_server, **extra
+    )
     body["context"]["encounterId"] = PHI["encounter"]
     condition = body["prefetch"]["conditions"]["entry"][0]["resource"]
     condition["code"]["text"] = PHI["condition text"]
@@ -120,24 +123,24 @@ def bad() -> Iterator[BadFhirServer]:
 
 def full_cycle(client: Any, bad_url: str) -> int:
     """The requests of one patient's visit; returns how many HTTP requests were made."""
-    first = client.post(PV, json=phi_body())
+    first = client.post(PV, json=phi_body(bad_url))
     assert first.status_code == 200, first.text
     card = first.json()["cards"][0]
     item = feedback_item(card["uuid"])
     item["overrideReason"]["userComment"] = PHI["comment"]
     assert client.post(f"{PV}/feedback", json={"feedback": [item]}).status_code == 200
-    again = client.post(PV, json=phi_body())  # suppressed now
+    again = client.post(PV, json=phi_body(bad_url))  # suppressed now
     assert again.status_code == 200 and again.json()["cards"] == []
-    explain = client.post(f"{PV}/explain", json=phi_body())
+    explain = client.post(f"{PV}/explain", json=phi_body(bad_url))
     assert explain.status_code == 200
     # The labs come from a failing FHIR server, with the bearer token.
-    fallback = client.post(PV, json=phi_body(fhir_server=bad_url, omit=("observations",)))
+    fallback = client.post(PV, json=phi_body(bad_url, omit=("observations",)))
     assert fallback.status_code == 200
     # Errors whose request bodies carry PHI: a wrong hook, invalid JSON, a bad timestamp.
-    wrong = phi_body()
+    wrong = phi_body(bad_url)
     wrong["hook"] = f"{PHI['given name']}-{PHI['family name']}"
     assert client.post(PV, json=wrong).status_code == 400
-    raw = orjson.dumps(phi_body())[:-40]
+    raw = orjson.dumps(phi_body(bad_url))[:-40]
     bad_json = client.post(PV, content=raw, headers={"content-type": "application/json"})
     assert bad_json.status_code == 400
     late = feedback_item(card["uuid"], when=f"{PHI['birth date']} {PHI['given name']}")
