@@ -100,6 +100,7 @@ REQUIRED_VALUESETS = {
     "med-rls-neutral-antidepressants",
     "med-rls-aggravating",
     "med-rls-high-risk",
+    "med-bronchodilator-stimulant",
     # orders
     "order-polysomnography",
     "order-home-sleep-test",
@@ -125,13 +126,12 @@ EXPECTED_UNIONS = {
         "med-antiemetic-d2",
         "med-sedating-antihistamine",
         "med-lithium",
-        "med-beta2-agonist",
-        "med-methylxanthine",
         "med-stimulant",
         "med-decongestant",
         "med-caffeine",
         "med-tramadol",
     },
+    "med-bronchodilator-stimulant": {"med-beta2-agonist", "med-methylxanthine"},
     "med-rls-high-risk": {
         "med-mirtazapine",
         "med-sedating-antihistamine",
