@@ -55,9 +55,19 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     console_enabled: bool | None = None
     console_fhir_server: str | None = None
+    journal_enabled: bool | None = None
+    """The sleep-journal SMART app under /journal/ (docs/journal-app.md); on in local mode."""
+    journal_client_id: str = "sleep-journal"
+    journal_fhir_servers: list[str] = Field(default_factory=list)
+    """FHIR bases the journal app may launch against; empty: the issuer registry's fhir_servers
+    (local mode: any https or loopback http base)."""
+    journal_connect_origins: list[str] = Field(default_factory=list)
+    """Extra origins the app's page may call (an authorization server on another origin)."""
     log_level: str = "INFO"
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator(
+        "cors_origins", "journal_fhir_servers", "journal_connect_origins", mode="before"
+    )
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):
@@ -81,6 +91,10 @@ class Settings(BaseSettings):
     @property
     def console_on(self) -> bool:
         return self.local_mode if self.console_enabled is None else self.console_enabled
+
+    @property
+    def journal_on(self) -> bool:
+        return self.local_mode if self.journal_enabled is None else self.journal_enabled
 
     def sync_database_url(self) -> str:
         """The same database through a synchronous driver (Alembic, CLI)."""

@@ -21,6 +21,7 @@ from service import logging as service_logging
 from service.api import problems
 from service.api.analytics import router as analytics_router
 from service.api.console import router as console_router
+from service.api.journal import router as journal_router
 from service.api.metrics import router as metrics_router
 from service.api.middleware import RequestGuard
 from service.api.routes import router
@@ -98,6 +99,7 @@ def create_app(
     problems.install(app)
     app.include_router(router)
     app.include_router(console_router)
+    app.include_router(journal_router)
     app.include_router(analytics_router)
     app.include_router(metrics_router)
     app.add_middleware(
