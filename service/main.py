@@ -94,7 +94,13 @@ def create_app(
     app.state.clock = clock
     app.state.db = Database(settings.database_url)
     app.state.hook_slots = asyncio.Semaphore(settings.max_concurrent_hooks)
-    app.state.pipeline = HookPipeline(kb, fetcher, deadline_s=settings.fhir_deadline_s)
+    app.state.pipeline = HookPipeline(
+        kb,
+        fetcher,
+        deadline_s=settings.fhir_deadline_s,
+        # Cards link to the journal app (a SMART link) only where it is served.
+        app_base_url=settings.public_base_url if settings.journal_on else None,
+    )
     app.state.discovery = discovery_document(kb)
     problems.install(app)
     app.include_router(router)

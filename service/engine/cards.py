@@ -101,8 +101,9 @@ def _shorten(text: str) -> str:
 
 
 class CardComposer:
-    def __init__(self, kb: KnowledgeBase) -> None:
+    def __init__(self, kb: KnowledgeBase, app_base_url: str | None = None) -> None:
         self.kb = kb
+        self.app_base_url = app_base_url  # where smart links live; None: leave them out
         for rule in kb.rules:
             _compiled(rule.card.summary, False)
             _compiled(rule.card.detail, True)
@@ -267,13 +268,17 @@ class CardComposer:
                 )
         return actions
 
-    @staticmethod
-    def _links(fired: list[RuleOutcome]) -> list[dict[str, str]]:
+    def _links(self, fired: list[RuleOutcome]) -> list[dict[str, str]]:
         links: list[dict[str, str]] = []
         seen: set[str] = set()
         for outcome in fired:
             for link in outcome.rule.links:
-                if link.url not in seen:
-                    seen.add(link.url)
-                    links.append({"label": link.label, "url": link.url, "type": "absolute"})
+                url = link.url
+                if link.type == "smart":
+                    if self.app_base_url is None:
+                        continue
+                    url = self.app_base_url + url
+                if url not in seen:
+                    seen.add(url)
+                    links.append({"label": link.label, "url": url, "type": link.type})
         return links

@@ -117,13 +117,14 @@ class HookPipeline:
         fetcher: Fetcher | None = None,
         *,
         deadline_s: float = 3.0,
+        app_base_url: str | None = None,
     ) -> None:
         self.kb = kb
         self.fetcher = fetcher
         self.deadline_s = deadline_s
         self.reader = RecordReader(kb)
         self.engine = RuleEngine(kb)
-        self.composer = CardComposer(kb)
+        self.composer = CardComposer(kb, app_base_url)
         self.templates = {hook: templates_for(kb, hook) for hook in HOOKS}
 
     async def run(self, call: HookCall, as_of: date, *, explain: bool = False) -> HookResult:

@@ -7,6 +7,7 @@ operators needs no Python.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
@@ -269,8 +270,21 @@ class SuggestionSpec(_Strict):
 
 
 class LinkSpec(_Strict):
+    """A card link. ``smart``: a SMART app this service serves, as a path on the service
+    (``/journal/launch``); cards carry it as an absolute URL, or not at all when the app is off.
+    """
+
     label: str
     url: str
+    type: Literal["absolute", "smart"] = "absolute"
+
+    @model_validator(mode="after")
+    def _smart_is_a_path(self) -> LinkSpec:
+        if self.type == "smart" and not re.fullmatch(r"/[A-Za-z0-9/_-]+", self.url):
+            raise ValueError("a smart link's url is a path on this service, e.g. /journal/launch")
+        if self.type == "absolute" and not self.url.startswith("https://"):
+            raise ValueError("an absolute link's url must be https")
+        return self
 
 
 class Rule(_Strict):
