@@ -570,6 +570,8 @@ class Evaluator:
             "unit": lab.unit,
             "date": lab.when,
             "raw": f"{lab.comparator or ''}{_fmt(lab.raw_value)} {shown}".strip(),
+            # The value in the analyte's canonical unit, with its bound ("<10 ng/mL", "12 %").
+            "shown": f"{lab.comparator or ''}{_fmt(lab.value)} {self.kb.show_unit(lab.unit)}",
             "display": self.kb.analytes[lab.analyte].display,
         }
 
@@ -677,6 +679,8 @@ class Evaluator:
         found = self._in_class(
             "medication", self.record.medications, spec.valueset, spec.exclude_valueset
         )
+        if spec.recent_days is not None:
+            found = self._given_within(found, spec)
         if not found:
             if self._unavailable("medications"):
                 return self._result(label, None, "medications could not be read")
@@ -687,16 +691,46 @@ class Evaluator:
         result.evidence = [
             Evidence(
                 "medication",
-                f"Active medication: {escape_markdown(m.concept.label)} ({title})"
-                + (f", since {m.started.isoformat()}" if m.started else ""),
+                (
+                    f"Completed course: {escape_markdown(m.concept.label)} ({title}), "
+                    f"last dated {m.last.isoformat()}"
+                    if m.last is not None
+                    else f"Active medication: {escape_markdown(m.concept.label)} ({title})"
+                    + (f", since {m.started.isoformat()}" if m.started else "")
+                ),
                 f"med:{m.ref}:{m.concept.label}",
                 m.ref,
             )
             for m in found[:5]
         ]
         if spec.as_:
-            result.bindings[spec.as_] = {"names": ", ".join(names), "count": len(found)}
+            since = min((m.started for m in found if m.started), default=None)
+            result.bindings[spec.as_] = {
+                "names": ", ".join(names),
+                "count": len(found),
+                "since": since,
+                "days": (self.record.as_of - since).days if since else None,
+            }
         return result
+
+    def _given_within(
+        self, active: list[MedicationUse], spec: schema.MedicationSpec
+    ) -> list[MedicationUse]:
+        """Active medicines started within ``recent_days`` (or with no start date: given now)
+        and completed courses whose last date falls within it."""
+        assert spec.recent_days is not None
+        as_of, window = self.record.as_of, spec.recent_days
+        recent = [m for m in active if m.started is None or (as_of - m.started).days <= window]
+        completed = self._in_class(
+            "completed",
+            self.record.completed_medications,
+            spec.valueset,
+            spec.exclude_valueset,
+        )
+        recent += [
+            m for m in completed if m.last is not None and 0 <= (as_of - m.last).days <= window
+        ]
+        return recent
 
     def _medication_before_finding(self, node: Node) -> Result:
         spec: schema.MedicationBeforeFindingSpec = node.spec
@@ -889,6 +923,9 @@ class RuleEngine:
         self.kb = kb
         self.program = Program(kb)
         self._complaint = self.program.node(kb.policy.complaint)
+        self._populations = {
+            name: self.program.node(spec.when) for name, spec in kb.policy.populations.items()
+        }
         self._rules: dict[str, tuple[tuple[schema.Rule, Node, tuple[Node, ...]], ...]] = {}
         for hook in get_args(schema.Hook):
             self._rules_for(hook)
@@ -903,6 +940,30 @@ class RuleEngine:
                 for rule in self.kb.rules_for(hook)
             )
         return rules
+
+    def _excluded(self, evaluator: Evaluator, rule: schema.Rule) -> RuleOutcome | None:
+        """Not applicable when the patient is in a population the rule leaves to another rule;
+        not evaluable when that cannot be told (advice unsafe for that group is never given on
+        a guess)."""
+        unknown: list[str] = []
+        for name in rule.exclude_populations:
+            result = evaluator._eval(self._populations[name])
+            if result.value is True:
+                return RuleOutcome(
+                    rule,
+                    "not-applicable",
+                    reason=f"population {name}: {self.kb.policy.populations[name].description}",
+                    trace=result.trace,
+                )
+            if result.value is None:
+                unknown.append(name)
+        if unknown:
+            return RuleOutcome(
+                rule,
+                "not-evaluable",
+                reason=f"could not tell whether the patient is in population {', '.join(unknown)}",
+            )
+        return None
 
     def run(self, hook: str, record: PatientRecord, *, explain: bool = False) -> list[RuleOutcome]:
         evaluator = Evaluator(self.kb, record, explain=explain, program=self.program)
@@ -937,6 +998,10 @@ class RuleEngine:
                 outcomes.append(
                     RuleOutcome(rule, "not-fired", reason="conditions not met", trace=result.trace)
                 )
+                continue
+            excluded = self._excluded(evaluator, rule)
+            if excluded is not None:
+                outcomes.append(excluded)
                 continue
             indicator = rule.card.indicator
             evidence = list(result.evidence)

@@ -78,6 +78,14 @@ def _needs(node: schema.Condition) -> tuple[set[str], set[str]]:
     return categories, analytes
 
 
+def _reads_completed(trees: list[schema.Condition]) -> bool:
+    return any(
+        isinstance(item, schema.MedicationCond) and item.medication.recent_days is not None
+        for tree in trees
+        for item in iter_conditions(tree)
+    )
+
+
 def templates_for(kb: KnowledgeBase, hook: str) -> dict[str, str]:
     """The prefetch templates a hook's rules need, and no more."""
     rules = kb.rules_for(hook)
@@ -87,6 +95,7 @@ def templates_for(kb: KnowledgeBase, hook: str) -> dict[str, str]:
     for rule in rules:
         trees.append(rule.when)
         trees.extend(e.when for e in rule.card.escalate)
+        trees.extend(kb.policy.populations[name].when for name in rule.exclude_populations)
     if any(r.requires_complaint for r in rules):
         trees.append(kb.policy.complaint)
     for tree in trees:
@@ -109,6 +118,8 @@ def templates_for(kb: KnowledgeBase, hook: str) -> dict[str, str]:
             template += ",".join(codes)
         elif key == "journal":
             template += kb.journal_url
+        elif category == "medications" and _reads_completed(trees):
+            template += ",completed"  # "given in the last N days" reads completed courses
         templates[key] = template
     return templates
 

@@ -26,6 +26,7 @@ ACTIVE_CONDITION_STATUS = frozenset({"active", "recurrence", "relapse"})
 EXCLUDED_VERIFICATION_STATUS = frozenset({"refuted", "entered-in-error"})
 ACTIVE_REQUEST_STATUS = frozenset({"active", "on-hold"})
 ACTIVE_STATEMENT_STATUS = frozenset({"active", "intended"})
+COMPLETED_MEDICATION_STATUS = "completed"
 COMPLETED_JOURNAL_STATUS = frozenset({"completed", "amended"})
 SYMPTOM_CATEGORIES = frozenset({"survey", "exam"})
 UCUM = "http://unitsofmeasure.org"
@@ -79,6 +80,8 @@ class MedicationUse:
     ref: str
     concept: Concept
     started: date | None
+    last: date | None = None
+    """The latest date the record gives for a completed course (its end, else its start)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,8 @@ class PatientRecord:
     labs: dict[str, list[LabResult]] = field(default_factory=dict)
     unusable_labs: int = 0
     medications: list[MedicationUse] = field(default_factory=list)
+    completed_medications: list[MedicationUse] = field(default_factory=list)
+    """Completed courses, read only for "given recently" (``recent_days``) conditions."""
     drafts: list[DraftOrder] = field(default_factory=list)
     nights: list[JournalNight] = field(default_factory=list)
     unavailable: frozenset[str] = frozenset()
@@ -636,12 +641,16 @@ class RecordReader:
         medications: Mapping[str, dict[str, Any]],
     ) -> None:
         kind, status = resource.get("resourceType"), resource.get("status")
+        completed = status == COMPLETED_MEDICATION_STATUS
+        ended: date | None = None
         if kind == "MedicationRequest":
-            if status not in ACTIVE_REQUEST_STATUS:
+            if status not in ACTIVE_REQUEST_STATUS and not completed:
                 return
             started = parse_date(resource.get("authoredOn"))
+            if completed:
+                ended = _bounds_end(resource.get("dosageInstruction"))
         else:
-            if status not in ACTIVE_STATEMENT_STATUS:
+            if status not in ACTIVE_STATEMENT_STATUS and not completed:
                 return
             period = resource.get("effectivePeriod")
             started = (
@@ -649,9 +658,18 @@ class RecordReader:
                 or (parse_date(period.get("start")) if isinstance(period, dict) else None)
                 or parse_date(resource.get("dateAsserted"))
             )
+            if completed and isinstance(period, dict):
+                ended = parse_date(period.get("end"))
         concept = self._medication_concept(resource, medications)
         if concept is None:
             record.skipped += 1
+            return
+        if completed:
+            # Only "given recently" conditions read these; they are never an active medicine.
+            last = ended or started
+            record.completed_medications.append(
+                MedicationUse(_ref(resource), concept, started, last)
+            )
             return
         record.medications.append(MedicationUse(_ref(resource), concept, started))
         # The indication of an active medicine is a condition the patient has: Tylenol PM
@@ -754,6 +772,20 @@ class RecordReader:
                                 self._answers(answer["item"], out, depth + 1)
             if "item" in item:  # most items have no children: skip the call
                 self._answers(item["item"], out, depth + 1)
+
+
+def _bounds_end(dosages: object) -> date | None:
+    """The latest ``timing.repeat.boundsPeriod.end`` of a request's dosage instructions."""
+    ends: list[date] = []
+    if isinstance(dosages, list):
+        for dosage in dosages[:10]:
+            timing = dosage.get("timing") if isinstance(dosage, dict) else None
+            repeat = timing.get("repeat") if isinstance(timing, dict) else None
+            bounds = repeat.get("boundsPeriod") if isinstance(repeat, dict) else None
+            end = parse_date(bounds.get("end")) if isinstance(bounds, dict) else None
+            if end is not None:
+                ends.append(end)
+    return max(ends, default=None)
 
 
 def _one_entry_per_night(record: PatientRecord) -> None:

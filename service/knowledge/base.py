@@ -216,6 +216,11 @@ def _check_rule(path: Path, rule: schema.Rule, checker: _Checker, kb: dict[str, 
                 f"{path}: field 'suggestions.{i}.remove_draft': {sug.remove_draft!r} must name "
                 "a draft_order binding"
             )
+    for name in rule.exclude_populations:
+        if name not in kb["policy"].populations:
+            raise KnowledgeError(
+                f"{path}: field 'exclude_populations': {name!r} is not in policy.yaml populations"
+            )
     if (
         rule.population != "all"
         and not any(isinstance(item, schema.AgeCond) for item in iter_conditions(rule.when))
@@ -298,6 +303,8 @@ def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
         if len(units) != 1:
             raise KnowledgeError(f"{where}: numerator and denominator need the same unit")
     checker.condition("policy.yaml: field 'complaint'", policy.complaint)
+    for name, population in policy.populations.items():
+        checker.condition(f"policy.yaml: field 'populations.{name}.when'", population.when)
     from service.engine.orders import validate_order_templates
 
     validate_order_templates(orders_file, orders)

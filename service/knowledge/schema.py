@@ -65,10 +65,15 @@ class LabMissingSpec(_Strict):
 
 
 class MedicationSpec(_Strict):
-    """An active medication (MedicationRequest or MedicationStatement) in a drug-class ValueSet."""
+    """An active medication (MedicationRequest or MedicationStatement) in a drug-class ValueSet.
+
+    With ``recent_days`` it is a medicine *given* recently: active and started within the window,
+    or a completed course whose last date falls within it (IV iron in the last 12 weeks).
+    """
 
     valueset: str
     exclude_valueset: str | None = None
+    recent_days: int | None = Field(default=None, ge=1)
     as_: str | None = Field(default=None, alias="as")
 
 
@@ -288,6 +293,9 @@ class LinkSpec(_Strict):
 
 
 class Rule(_Strict):
+    """One rule file. ``exclude_populations`` names ``policy.populations`` whose patients the rule
+    must not advise (another rule speaks for them: dialysis, pregnancy, iron overload)."""
+
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     version: str = Field(pattern=r"^\d+\.\d+\.\d+$")
     title: str
@@ -296,6 +304,9 @@ class Rule(_Strict):
     hooks: tuple[Hook, ...] = Field(min_length=1)
     topic: str
     population: Literal["adult", "pediatric", "all"] = "adult"
+    population_note: str | None = None
+    """Why the rule is limited to adults (or children): shown in docs/rules.md."""
+    exclude_populations: tuple[str, ...] = ()
     requires_complaint: bool = True
     sources: tuple[SourceRef, ...] = Field(min_length=1)
     review: Review
@@ -364,6 +375,13 @@ class OverrideReasonSpec(_Strict):
     suppress_days: int = Field(ge=0)
 
 
+class PopulationSpec(_Strict):
+    """A patient group that some rules must not advise, because another rule speaks for it."""
+
+    description: str
+    when: Condition
+
+
 class Policy(_Strict):
     """Settings of clinical behaviour that apply to every rule."""
 
@@ -380,3 +398,5 @@ class Policy(_Strict):
     """Text that negates a finding or is about someone else: no text-synonym match."""
     absent_codes: tuple[CodingSpec, ...] = ()
     """Observation values and interpretations meaning "symptom not present"."""
+    populations: dict[str, PopulationSpec] = Field(default_factory=dict)
+    """Named groups a rule can exclude (``Rule.exclude_populations``)."""

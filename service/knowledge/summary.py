@@ -34,9 +34,13 @@ def describe(node: schema.Condition, kb: KnowledgeBase) -> str:
         name = kb.analytes[node.lab_missing.analyte].display
         return f"no {name} in the last {node.lab_missing.within_days} days"
     if isinstance(node, schema.MedicationCond):
-        text = f"active {kb.valuesets[node.medication.valueset].title}"
-        if node.medication.exclude_valueset:
-            text += f" except {kb.valuesets[node.medication.exclude_valueset].title}"
+        med = node.medication
+        if med.recent_days is not None:
+            text = f"{kb.valuesets[med.valueset].title} given in the last {med.recent_days} days"
+        else:
+            text = f"active {kb.valuesets[med.valueset].title}"
+        if med.exclude_valueset:
+            text += f" except {kb.valuesets[med.exclude_valueset].title}"
         return text
     if isinstance(node, schema.MedicationBeforeFindingCond):
         mbf = node.medication_before_finding
@@ -57,6 +61,20 @@ def describe(node: schema.Condition, kb: KnowledgeBase) -> str:
     raise TypeError(type(node).__name__)  # pragma: no cover
 
 
+def _population_lines(rule: schema.Rule) -> list[str]:
+    lines = []
+    if rule.population == "adult":
+        why = rule.population_note or "not stated (review: should this rule apply to children?)"
+        lines.append(f"- **Adults only:** {why}")
+    elif rule.population == "pediatric":
+        lines.append(f"- **Children only:** {rule.population_note or 'not stated'}")
+    elif rule.population_note:
+        lines.append(f"- **All ages:** {rule.population_note}")
+    if rule.exclude_populations:
+        lines.append(f"- **Not for:** {', '.join(rule.exclude_populations)}")
+    return lines
+
+
 def rules_markdown(kb: KnowledgeBase) -> str:
     lines = [
         "# Rules: clinician summary",
@@ -65,9 +83,21 @@ def rules_markdown(kb: KnowledgeBase) -> str:
         "",
         f"No card is shown at patient-view without a sleep-movement complaint: "
         f"{describe(kb.policy.complaint, kb)}.",
-        f"Adult thresholds apply from age {kb.policy.adult_age_years}.",
+        f"Adult thresholds apply from age {kb.policy.adult_age_years}. A rule for adults only "
+        "says why; a rule for all ages applies to children too.",
         "",
     ]
+    if kb.policy.populations:
+        lines += [
+            "Populations some rules leave to another rule (the rule then shows no card; when "
+            "the record cannot tell, it shows none either):",
+            "",
+        ]
+        lines += [
+            f"- **{name}**: {spec.description} ({describe(spec.when, kb)})"
+            for name, spec in kb.policy.populations.items()
+        ]
+        lines.append("")
     for rule in sorted(kb.rules, key=lambda r: (r.topic, r.id)):
         lines += [
             f"## {rule.title} (`{rule.id}` v{rule.version})",
@@ -76,6 +106,7 @@ def rules_markdown(kb: KnowledgeBase) -> str:
             "",
             f"- **Hooks:** {', '.join(rule.hooks)}; **topic:** {rule.topic}; "
             f"**population:** {rule.population}; **review:** {rule.review.status}",
+            *_population_lines(rule),
             f"- **Fires when:** {describe(rule.when, kb)}",
             f"- **Indicator:** {rule.card.indicator}"
             + "".join(f"; {e.indicator} when {describe(e.when, kb)}" for e in rule.card.escalate),

@@ -48,6 +48,7 @@ REQUIRED_VALUESETS = {
     "ckd",
     "esrd",
     "pregnancy",
+    "iron-overload",
     "iron-deficiency",
     "hypothyroidism",
     "hypomagnesemia",
@@ -95,6 +96,7 @@ REQUIRED_VALUESETS = {
     "med-dopaminergic-rls",
     "med-alpha2delta",
     "med-iron",
+    "med-iv-iron",
     "med-ppi",
     "med-diuretic",
     "med-rls-neutral-antidepressants",
@@ -416,7 +418,14 @@ def test_high_risk_is_subset_of_aggravating() -> None:
 
 def test_context_drugs_are_not_in_aggravating() -> None:
     aggravating = expansion_keys(valueset("med-rls-aggravating"))
-    for vs_id in ("med-dopaminergic-rls", "med-alpha2delta", "med-iron", "med-ppi", "med-diuretic"):
+    for vs_id in (
+        "med-dopaminergic-rls",
+        "med-alpha2delta",
+        "med-iron",
+        "med-iv-iron",
+        "med-ppi",
+        "med-diuretic",
+    ):
         assert not expansion_keys(valueset(vs_id)) & aggravating, vs_id
 
 

@@ -1,0 +1,167 @@
+"""Iron advice is safe for the patient in front of it: dialysis, pregnancy, iron overload and
+patients already on iron each get one iron answer, never two that contradict each other."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+
+from service.config import Settings
+from service.engine.evaluate import RuleEngine, RuleOutcome
+from service.engine.prefetch import templates_for
+from service.engine.record import PatientRecord, RecordReader
+from service.errors import KnowledgeError
+from service.knowledge.base import load_knowledge
+
+SETTINGS = Settings()
+KB = load_knowledge(SETTINGS.fhir_profiles_dir, SETTINGS.knowledge_dir)
+READER = RecordReader(KB)
+ENGINE = RuleEngine(KB)
+AS_OF = date(2026, 11, 25)
+ICD = "http://hl7.org/fhir/sid/icd-10-cm"
+
+# Rules that advise giving iron, each for its own population.
+IRON_ADVICE = {
+    "rls-iron-repletion",
+    "rls-iv-iron-range",
+    "rls-esrd-iron",
+    "pregnancy-rls-iron",
+    "pediatric-rls-iron",
+    "rls-iron-on-therapy",
+}
+
+
+def _day(days_ago: int) -> str:
+    return (AS_OF - timedelta(days=days_ago)).isoformat()
+
+
+def condition(cid: str, code: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Condition",
+        "id": cid,
+        "clinicalStatus": {"coding": [{"code": "active"}]},
+        "code": {"coding": [{"system": ICD, "code": code}]},
+        "subject": {"reference": "Patient/p1"},
+        "recordedDate": _day(60),
+    }
+
+
+def lab(oid: str, loinc: str, value: float, unit: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
+        "subject": {"reference": "Patient/p1"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+        "effectiveDateTime": _day(10),
+        "valueQuantity": {"value": value, "unit": unit},
+    }
+
+
+def medication(mid: str, text: str, status: str, started: int, ended: int | None = None) -> dict:
+    period = {"start": _day(started)} | ({"end": _day(ended)} if ended is not None else {})
+    return {
+        "resourceType": "MedicationStatement",
+        "id": mid,
+        "status": status,
+        "medicationCodeableConcept": {"text": text},
+        "subject": {"reference": "Patient/p1"},
+        "effectivePeriod": period,
+    }
+
+
+def record(*resources: dict[str, Any], age: int = 40, unavailable: tuple[str, ...] = ()):
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": f"{AS_OF.year - age}-01-01"}
+    rls = condition("rls", "G25.81")
+    return READER.read("p1", AS_OF, [patient, rls, *resources], unavailable=unavailable)
+
+
+def fired(rec: PatientRecord) -> dict[str, RuleOutcome]:
+    return {o.rule.id: o for o in ENGINE.run("patient-view", rec) if o.status == "fired"}
+
+
+def test_completed_course_is_never_an_active_medicine() -> None:
+    rec = record(medication("iv", "Ferric carboxymaltose 750 mg IV", "completed", 50, 42))
+    assert rec.medications == []
+    assert [m.last for m in rec.completed_medications] == [AS_OF - timedelta(days=42)]
+
+
+@pytest.mark.parametrize(("ended", "caution"), [(42, True), (84, True), (100, False)])
+def test_iv_iron_counts_for_twelve_weeks_after_the_last_dose(ended: int, caution: bool) -> None:
+    rec = record(
+        medication("iv", "Iron sucrose 200 mg IV", "completed", ended + 7, ended),
+        lab("f", "2276-4", 50, "ng/mL"),
+    )
+    rules = fired(rec)
+    assert ("rls-iron-overload-caution" in rules) is caution
+    assert ("rls-iron-repletion" in rules) is not caution
+
+
+def test_a_population_that_cannot_be_told_gives_no_advice_on_a_guess() -> None:
+    # The medication query failed: whether the patient already takes iron is unknown.
+    rec = record(lab("f", "2276-4", 40, "ng/mL"), unavailable=("medications",))
+    outcome = {o.rule.id: o for o in ENGINE.run("patient-view", rec)}["rls-iron-repletion"]
+    assert outcome.status == "not-evaluable"
+    assert "on-iron" in outcome.reason
+
+
+POPULATIONS = {
+    "esrd": [condition("esrd", "N18.6")],
+    "pregnant": [condition("preg", "Z34.83")],
+    "overload": [condition("hh", "E83.110")],
+    "on-iron": [medication("fe", "ferrous sulfate 325 mg tablet", "active", 30)],
+    "child": [],
+}
+
+
+@pytest.mark.parametrize("ferritin", [30, 60, 90, 150])
+@pytest.mark.parametrize("tsat", [12, 30, 50])
+@pytest.mark.parametrize(
+    "groups",
+    [combo for size in range(3) for combo in itertools.combinations(sorted(POPULATIONS), size)],
+)
+def test_at_most_one_iron_answer(ferritin: int, tsat: int, groups: tuple[str, ...]) -> None:
+    resources = [r for g in groups for r in POPULATIONS[g]]
+    rec = record(
+        *resources,
+        lab("f", "2276-4", ferritin, "ng/mL"),
+        lab("t", "2502-3", tsat, "%"),
+        age=12 if "child" in groups else 40,
+    )
+    rules = fired(rec)
+    advice = IRON_ADVICE & set(rules)
+    assert len(advice) <= 1, (groups, sorted(advice))
+    if "rls-iron-overload-caution" in rules:
+        assert not advice, (groups, sorted(advice))
+    if tsat >= 45 or "overload" in groups:
+        assert not advice and "rls-iron-overload-caution" in rules
+    if "esrd" in groups:
+        assert advice <= {"rls-esrd-iron"}
+    if "pregnant" in groups:
+        # No IV-iron advice in pregnancy; with dialysis as well, no iron advice at all.
+        assert advice <= ({"pregnancy-rls-iron"} if "esrd" not in groups else set())
+        assert "pediatric-rls-iron" not in rules
+
+
+def test_reading_completed_courses_widens_only_the_medication_queries() -> None:
+    templates = templates_for(KB, "patient-view")
+    assert templates["medicationRequests"].endswith("status=active,on-hold,completed")
+    assert templates["medicationStatements"].endswith("status=active,intended,completed")
+
+
+def test_an_unknown_population_name_stops_the_service(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    import yaml
+
+    target = tmp_path / "knowledge"
+    shutil.copytree(SETTINGS.knowledge_dir, target)
+    path = target / "rules" / "rls-iron-repletion.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["exclude_populations"] = ["martians"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(KnowledgeError, match=r"exclude_populations.*martians"):
+        load_knowledge(SETTINGS.fhir_profiles_dir, target)
