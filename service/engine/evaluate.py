@@ -639,7 +639,24 @@ class Evaluator:
         recent, newest = self._newest(spec.analyte, spec.within_days)
         if recent is not None:
             return self._result(label, False, f"result on {recent.when.isoformat()}")
-        if newest is None:
+        ignored = next(
+            (
+                i
+                for i in self.record.ignored_labs.get(spec.analyte, ())
+                if (self.record.as_of - i.when).days <= spec.within_days
+            ),
+            None,
+        )
+        if ignored is not None:
+            # A result exists but its unit cannot be converted: say so, never "no result".
+            shown = self.kb.show_unit(ignored.raw_unit) or "none"
+            text = escape_markdown(
+                f"No usable {analyte.display} result: {_fmt(ignored.raw_value)} {shown} on "
+                f"{ignored.when.isoformat()} was ignored because its unit ({shown}) cannot be "
+                f"converted to {self.kb.show_unit(analyte.unit)}"
+            )
+            key = f"ignored:{spec.analyte}:{ignored.ref}"
+        elif newest is None:
             text = escape_markdown(f"No {analyte.display} result on file")
             key = f"missing:{spec.analyte}"
         else:
@@ -654,6 +671,9 @@ class Evaluator:
             result.bindings[spec.as_] = {
                 "display": analyte.display,
                 "last": self._lab_binding(newest) if newest else None,
+                "ignored_unit": (self.kb.show_unit(ignored.raw_unit) or "none")
+                if ignored is not None
+                else None,
             }
         return result
 

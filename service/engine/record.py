@@ -76,6 +76,17 @@ class LabResult:
 
 
 @dataclass(frozen=True, slots=True)
+class IgnoredLab:
+    """A result left out because its unit cannot be converted exactly (never guessed)."""
+
+    analyte: str
+    ref: str
+    raw_value: float
+    raw_unit: str
+    when: date
+
+
+@dataclass(frozen=True, slots=True)
 class MedicationUse:
     ref: str
     concept: Concept
@@ -107,6 +118,8 @@ class PatientRecord:
     findings: list[Finding] = field(default_factory=list)
     labs: dict[str, list[LabResult]] = field(default_factory=dict)
     unusable_labs: int = 0
+    ignored_labs: dict[str, list[IgnoredLab]] = field(default_factory=dict)
+    """Results whose unit cannot be converted, newest first: reported, never used."""
     medications: list[MedicationUse] = field(default_factory=list)
     completed_medications: list[MedicationUse] = field(default_factory=list)
     """Completed courses, read only for "given recently" (``recent_days``) conditions."""
@@ -370,6 +383,8 @@ class RecordReader:
         _one_entry_per_night(record)
         for results in record.labs.values():
             results.sort(key=_WHEN, reverse=True)
+        for ignored in record.ignored_labs.values():
+            ignored.sort(key=_WHEN, reverse=True)
         record.nights.sort(key=_NIGHT, reverse=True)
         return record
 
@@ -473,6 +488,10 @@ class RecordReader:
             if lab is None:
                 record.unusable_labs += 1
                 return
+            if isinstance(lab, IgnoredLab):
+                record.unusable_labs += 1
+                record.ignored_labs.setdefault(analyte, []).append(lab)
+                return
             labs = record.labs.get(analyte)
             if labs is None:
                 record.labs[analyte] = [lab]
@@ -529,7 +548,7 @@ class RecordReader:
 
     def _lab(
         self, analyte: str, resource: dict[str, Any], when: date, label: str, ref: str
-    ) -> LabResult | None:
+    ) -> LabResult | IgnoredLab | None:
         # Called for every lab Observation of the record: the helpers are inlined.
         quantity = resource.get("valueQuantity")
         raw_unit = ""
@@ -555,7 +574,8 @@ class RecordReader:
         aliases = self.unit_aliases
         factor = conversions.get(aliases.get(raw_unit, raw_unit))
         if factor is None:
-            return None  # an unknown unit is never guessed
+            # An unknown unit is never guessed; the result is kept to say why it was not used.
+            return IgnoredLab(analyte, ref, value, raw_unit, when)
         ref_low = ref_high = None
         ranges = resource.get("referenceRange")
         if isinstance(ranges, list) and ranges and isinstance(ranges[0], dict):

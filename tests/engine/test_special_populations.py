@@ -165,3 +165,13 @@ def test_an_unknown_population_name_stops_the_service(tmp_path) -> None:  # type
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(KnowledgeError, match=r"exclude_populations.*martians"):
         load_knowledge(SETTINGS.fhir_profiles_dir, target)
+
+
+def test_an_unconvertible_unit_is_reported_not_treated_as_missing() -> None:
+    rec = record(lab("f", "2276-4", 90, "pmol/L"))
+    assert "ferritin" not in rec.labs
+    assert [(i.raw_value, i.raw_unit) for i in rec.ignored_labs["ferritin"]] == [(90, "pmol/L")]
+    studies = fired(rec)["rls-iron-studies"]
+    texts = [e.text for e in studies.evidence]
+    assert any("ignored because its unit (pmol/L) cannot be converted" in t for t in texts), texts
+    assert not any("No Ferritin result on file" in t for t in texts)
