@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     fhir_deadline_s: float = 3.0
     db_read_deadline_s: float = 0.3
     """How long a hook call waits for feedback history (suppression) before showing the cards."""
+    feedback_max_items: int = Field(default=20, ge=1, le=1000)
+    """Items one feedback request may carry (more is a 400)."""
+    feedback_rate_per_minute: int = Field(default=600, ge=1)
+    """Feedback items one issuer may send per minute per process (more is a 429)."""
+    feedback_confirm_wait_s: float = Field(default=0.25, ge=0)
+    """Wait before the second look-up of a card not yet in the audit trail (another replica may
+    still be writing it)."""
+    retention_days: int = Field(default=400, ge=30)
+    """``sleep-cds purge`` deletes audit rows, cards shown and their feedback older than this;
+    the default keeps a full year of analytics (the longest report period is 366 days)."""
     fhir_page_cap: int = 10
     fhir_max_response_bytes: int = 20 * 1024 * 1024
     explain_enabled: bool | None = None

@@ -7,6 +7,7 @@ CDSError
 ├── PayloadTooLarge         413
 ├── PrefetchUnavailable     412  data the rules need could not be obtained
 ├── AuthenticationFailed    401  the caller's JWT was refused
+├── TooManyRequests         429  a client sent more than its share (feedback rate per issuer)
 ├── StorageUnavailable      503  the database could not store what must be stored
 └── KnowledgeError              a rule or value set is invalid; the service refuses to start
 """
@@ -68,6 +69,13 @@ class AuthenticationFailed(CDSError):
     def __init__(self, reason: str) -> None:
         super().__init__("Authentication failed")
         self.reason = reason
+
+
+class TooManyRequests(CDSError):
+    """A client exceeded a documented rate (feedback items per issuer per minute)."""
+
+    status_code = 429
+    issue_code = "throttled"
 
 
 class StorageUnavailable(CDSError):

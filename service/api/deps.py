@@ -19,6 +19,7 @@ class Caller:
     iss: str
     jti: str
     issuer: Any
+    tenant: str | None = None
 
 
 def settings_of(request: Request) -> Settings:
@@ -38,7 +39,9 @@ async def authenticate(request: Request) -> Caller | None:
         request.headers.get("authorization"), request.url.path
     )
     bind(iss=verified.iss, jti=verified.jti)
-    return Caller(iss=verified.iss, jti=verified.jti, issuer=verified.issuer)
+    return Caller(
+        iss=verified.iss, jti=verified.jti, issuer=verified.issuer, tenant=verified.tenant
+    )
 
 
 def check_fhir_server(url: str | None, caller: Caller | None) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -13,6 +11,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Path, Request
 from starlette.responses import Response
 
 from service import metrics
+from service.api import feedback as feedback_trust
 from service.api.deps import Caller, authenticate, check_fhir_server, settings_of
 from service.api.jsonbody import parse_json, validate
 from service.api.openapi import (
@@ -34,8 +33,8 @@ from service.cdshooks.discovery import SERVICES, ServiceSpec, service_by_id
 from service.db import repository
 from service.engine.cards import CardMeta
 from service.engine.pipeline import HookCall, HookPipeline, HookResult
-from service.engine.suppression import CLOCK_SKEW, PriorFeedback, is_suppressed
-from service.errors import InvalidRequest, StorageUnavailable, UnknownService
+from service.engine.suppression import Scope
+from service.errors import InvalidRequest, UnknownService
 from service.logging import bind
 
 log = logging.getLogger("service.api")
@@ -160,7 +159,9 @@ async def call_service(
     # each keep theirs alive (64 concurrent 2.7 MB records took a worker to 770 MB).
     del call, body
     composed = result.metas
-    result.cards, result.metas = await _without_suppressed(request, patient_id, result)
+    result.cards, result.metas, _ = await feedback_trust.visible(
+        request, caller, patient_id, result
+    )
     cards = result.cards
     latency = (time.perf_counter() - started) * 1000
     bind(
@@ -171,63 +172,24 @@ async def call_service(
         outcome="ok",
     )
     metrics.observe_cards(spec.id, result.metas)
-    shown = {id(meta) for meta in result.metas}
-    metrics.observe_cards(spec.id, [m for m in composed if id(m) not in shown], suppressed=True)
+    shown = {meta.topic for meta in result.metas}
+    metrics.observe_cards(spec.id, [m for m in composed if m.topic not in shown], suppressed=True)
     metrics.observe_hook(
         spec.id,
         prefetch_hits=result.prefetch_hits,
         prefetch_keys=result.prefetch_keys,
         skipped=result.record.skipped,
     )
-    background.add_task(_audit, request, spec, hook_instance, patient_id, latency, result.metas)
+    scope = feedback_trust.scope_of(caller, patient_id)
+    background.add_task(_audit, request, spec, hook_instance, scope, latency, result.metas)
     return _json({"cards": cards})
-
-
-async def _without_suppressed(
-    request: Request, patient_id: str, result: HookResult
-) -> tuple[list[dict[str, Any]], list[CardMeta]]:
-    """Drop cards the clinician already overrode or accepted with the same evidence.
-
-    A failure to read feedback never hides a card: the card is shown (fail open).
-    """
-    if not result.cards:
-        return result.cards, result.metas
-    try:
-        # Bounded: a database that accepts connections and never answers must not hold the chart.
-        async with asyncio.timeout(settings_of(request).db_read_deadline_s):
-            history = await request.app.state.db.group_commit.feedback(
-                patient_id, [m.key for m in result.metas]
-            )
-    except Exception as exc:
-        metrics.DB_ERRORS.labels(operation="suppression").inc()
-        log.warning(
-            "suppression skipped: database unavailable",
-            extra={"error_type": type(exc).__name__, "outcome": "suppression-skipped"},
-        )
-        return result.cards, result.metas
-    now = request.app.state.clock()
-    policy = request.app.state.kb.policy
-    kept: list[tuple[dict[str, Any], CardMeta]] = []
-    try:
-        for card, meta in zip(result.cards, result.metas, strict=True):
-            prior = [PriorFeedback(*row) for row in history.get(meta.key, [])]
-            if not is_suppressed(policy, meta.indicator, prior, now):
-                kept.append((card, meta))
-    except Exception as exc:  # a bug or odd data in the suppression logic never hides a card
-        log.error(
-            "suppression skipped: %s", type(exc).__name__, extra={"outcome": "suppression-skipped"}
-        )
-        return result.cards, result.metas
-    if len(kept) < len(result.cards):
-        bind(suppressed=len(result.cards) - len(kept))
-    return [card for card, _ in kept], [meta for _, meta in kept]
 
 
 async def _audit(
     request: Request,
     spec: ServiceSpec,
     hook_instance: str,
-    patient_id: str,
+    scope: Scope,
     latency_ms: float,
     metas: list[CardMeta],
 ) -> None:
@@ -238,13 +200,22 @@ async def _audit(
         hook_instance=hook_instance,
         service_id=spec.id,
         hook=spec.hook,
-        patient_id=patient_id,
+        patient_id=scope.patient_id,
         called_at=request.app.state.clock(),
         latency_ms=latency_ms,
         cards=tuple(
-            repository.CardRecord(m.uuid, m.key, m.topic, m.indicator, ",".join(m.rules))
+            repository.CardRecord(
+                m.uuid,
+                m.key,
+                m.topic,
+                m.indicator,
+                ",".join(m.rules),
+                feedback_trust.card_detail(m),
+            )
             for m in metas
         ),
+        issuer=scope.issuer,
+        tenant=scope.tenant,
     )
     try:
         await request.app.state.db.group_commit.audit(record)
@@ -274,8 +245,6 @@ async def feedback(service_id: ServiceId, request: Request, caller: CallerDep) -
     settings = settings_of(request)
     data = parse_json(await request.body(), max_depth=settings.max_json_depth)
     body = validate(models.FeedbackRequest, data)
-    received = request.app.state.clock()
-    items = []
     for i, entry in enumerate(body.feedback):
         override = entry.overrideReason
         _no_nul(
@@ -290,54 +259,7 @@ async def feedback(service_id: ServiceId, request: Request, caller: CallerDep) -
                 else ()
             ),
         )
-        try:
-            outcome_at = datetime.fromisoformat(entry.outcomeTimestamp.replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidRequest(
-                f"feedback.{i}.outcomeTimestamp: not an ISO 8601 date-time"
-            ) from None
-        if outcome_at.tzinfo is None:
-            raise InvalidRequest(f"feedback.{i}.outcomeTimestamp: a UTC offset is required")
-        try:
-            outcome_at = outcome_at.astimezone(UTC)
-        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
-            raise InvalidRequest(f"feedback.{i}.outcomeTimestamp: out of range") from None
-        if outcome_at > received + CLOCK_SKEW:
-            raise InvalidRequest(
-                f"feedback.{i}.outcomeTimestamp: more than 5 minutes after the service's clock"
-            )
-        # The suppression window starts when the service received the feedback, or earlier
-        # if the client says so: a client clock can never push a window into the future.
-        outcome_at = min(outcome_at, received)
-        if entry.outcome == "accepted" and not entry.acceptedSuggestions:
-            raise InvalidRequest(f"feedback.{i}: acceptedSuggestions is required when accepted")
-        reason = entry.overrideReason.reason if entry.overrideReason else None
-        items.append(
-            repository.FeedbackRecord(
-                service_id=spec.id,
-                card_uuid=entry.card,
-                outcome=entry.outcome,
-                outcome_at=outcome_at,
-                accepted_suggestions=[s.id for s in entry.acceptedSuggestions or []],
-                reason_system=reason.system if reason else None,
-                reason_code=reason.code if reason else None,
-                comment=entry.overrideReason.userComment if entry.overrideReason else None,
-            )
-        )
-    try:
-        stored, duplicates = await repository.store_feedback(request.app.state.db, items)
-    except Exception as exc:
-        metrics.observe_feedback_failed(spec.id, len(items))
-        log.error(
-            "feedback not stored: database unavailable",
-            extra={"error_type": type(exc).__name__, "outcome": "503"},
-        )
-        raise StorageUnavailable("Feedback could not be stored; retry later") from None
-    bind(service_id=spec.id, items=len(items), stored=stored, duplicates=duplicates)
-    metrics.observe_feedback(
-        spec.id, stored=stored, duplicates=duplicates, outcomes=[i.outcome for i in items]
-    )
-    return _json({"stored": stored, "duplicates": duplicates})
+    return _json(await feedback_trust.receive(request, spec.id, caller, body))
 
 
 @router.post(
@@ -353,7 +275,9 @@ async def feedback(service_id: ServiceId, request: Request, caller: CallerDep) -
 async def explain(service_id: ServiceId, request: Request, caller: CallerDep) -> Response:
     if not settings_of(request).explain_on:
         raise UnknownService("The explain endpoint is not enabled")
-    _, _, _, result = await _run(request, service_id, caller, explain=True)
+    _, call, _, result = await _run(request, service_id, caller, explain=True)
+    scope = feedback_trust.scope_of(caller, call.patient_id)
+    hidden = await feedback_trust.hidden_rules(request, scope, result) or {}
     rules = [
         {
             "rule": f"{o.rule.id}@{o.rule.version}",
@@ -375,6 +299,15 @@ async def explain(service_id: ServiceId, request: Request, caller: CallerDep) ->
             "fetches": result.fetches,
             "skippedResources": result.record.skipped,
             "unusableLabResults": result.record.unusable_labs,
+            "suppressed": [
+                {
+                    "rule": rule,
+                    "topic": topic,
+                    "why": verdict.why,
+                    "until": verdict.until.isoformat() if verdict.until else None,
+                }
+                for rule, (topic, verdict) in sorted(hidden.items())
+            ],
         }
     )
 

@@ -537,23 +537,29 @@
     return card && card.source && card.source.topic ? card.source.topic.code : card && card.summary;
   }
 
-  /** Cards the rules produced (explain) but the service did not return: hidden by feedback. */
+  /** Advice the rules produced (explain) that earlier feedback hides: which rule, why, until when. */
   function renderSuppressed(cards, explained) {
     var box = $("hidden-cards");
     clear(box);
     box.hidden = true;
     if (!explained || !explained.ok || !explained.data) { return; }
-    var shown = {};
-    cards.forEach(function (c) { shown[topicOf(c)] = true; });
-    var hidden = (explained.data.cards || []).filter(function (c) { return !shown[topicOf(c)]; });
+    var hidden = explained.data.suppressed || [];
     if (!hidden.length) { return; }
+    var titles = {};
+    (explained.data.rules || []).forEach(function (r) {
+      titles[String(r.rule || "").split("@")[0]] = { title: r.title, indicator: r.indicator };
+    });
     box.appendChild(el("h3", { text: "Hidden by earlier feedback (" + hidden.length + ")" }));
-    box.appendChild(el("p", { className: "hint", text: "The rules still fire, but a clinician " +
-      "accepted or dismissed the same card with the same evidence, so the service suppressed it." }));
-    box.appendChild(el("ul", null, hidden.map(function (c) {
-      return el("li", { className: "indicator-" + (INDICATOR_LABEL[c.indicator] ? c.indicator : "info") },
-        [el("span", { className: "badge badge-small", text: INDICATOR_LABEL[c.indicator] || "Info" }), " ",
-          String(c.summary || "")]);
+    box.appendChild(el("p", { className: "hint", text: "The rules still fire, but feedback from " +
+      "this EHR on the same advice with the same evidence hides it. New evidence shows it at once." }));
+    box.appendChild(el("ul", null, hidden.map(function (h) {
+      var rule = titles[h.rule] || { title: h.rule, indicator: "info" };
+      var level = INDICATOR_LABEL[rule.indicator] ? rule.indicator : "info";
+      var until = h.until ? String(h.until).replace("T", " ").slice(0, 16) + " UTC" : "";
+      return el("li", { className: "indicator-" + level, "data-rule": String(h.rule) },
+        [el("span", { className: "badge badge-small", text: INDICATOR_LABEL[level] }), " ",
+          String(rule.title || h.rule) + " (" + String(h.topic) + ") — " + String(h.why || "") +
+          (until ? " · hidden until " + until : "")]);
     })));
     box.hidden = false;
   }

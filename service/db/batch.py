@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import metrics
 from service.db import repository
-from service.db.repository import AuditRecord, FeedbackHistory
+from service.db.repository import AuditRecord, HoldRows
 
 T = TypeVar("T")
 _Answers = list[tuple["asyncio.Future[Any]", Any]]  # each caller's answer, given after commit
@@ -44,9 +44,9 @@ class _Claim:
 
 @dataclass(eq=False)
 class _Lookup:
-    patient_id: str
+    scope: tuple[str, str, str]  # (issuer, tenant, patient)
     keys: tuple[str, ...]
-    done: asyncio.Future[FeedbackHistory]
+    done: asyncio.Future[dict[str, dict[str, Any]]]
 
 
 @dataclass(eq=False)
@@ -108,12 +108,15 @@ class GroupCommit:
         queues.wake.set()
         return await claim.done
 
-    async def feedback(self, patient_id: str, keys: Sequence[str]) -> FeedbackHistory:
-        """Feedback on this patient's earlier cards with these keys: key → (outcome, when, why)."""
+    async def holds(
+        self, scope: tuple[str, str, str], keys: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """The latest feedback on these rule keys in this (issuer, tenant, patient) scope:
+        rule key → its ``suppression`` row."""
         if not keys:
             return {}
         queues = self._ready()
-        lookup = _Lookup(patient_id, tuple(keys), queues.loop.create_future())
+        lookup = _Lookup(scope, tuple(keys), queues.loop.create_future())
         queues.lookups.append(lookup)
         queues.wake.set()
         return await lookup.done
@@ -235,19 +238,17 @@ class GroupCommit:
         answers += [(claim.done, pair in claimed) for pair, claim in first.items()]
         answers += [(claim.done, False) for claim in repeats]
         for lookup in lookups:
-            mine = history.get(lookup.patient_id, {})
+            mine = history.get(lookup.scope, {})
             answers.append((lookup.done, {k: mine[k] for k in lookup.keys if k in mine}))
         return answers
 
     @staticmethod
-    async def _lookup(
-        connection: AsyncConnection, lookups: list[_Lookup]
-    ) -> dict[str, FeedbackHistory]:
+    async def _lookup(connection: AsyncConnection, lookups: list[_Lookup]) -> HoldRows:
         if not lookups:
             return {}
-        patients = sorted({lookup.patient_id for lookup in lookups})
+        patients = sorted({lookup.scope[2] for lookup in lookups})
         keys = sorted({key for lookup in lookups for key in lookup.keys})
-        return await repository.feedback_for_patients(connection, patients, keys)
+        return await repository.holds_for_patients(connection, patients, keys)
 
     async def _write_audits(self, connection: AsyncConnection, audits: list[_Audit]) -> _Answers:
         await repository.insert_audits(connection, [a.record for a in audits])

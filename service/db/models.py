@@ -1,7 +1,8 @@
 """Tables: what the service must remember across requests, replicas and restarts.
 
 Tokens and prefetch contents are never stored. Feedback, one audit row per hook call, the cards
-each call showed (so feedback joins to the card it answers) and seen JWT ids.
+each call showed (so feedback is checked against the card it answers), the latest feedback per
+rule key (what suppression reads) and seen JWT ids.
 """
 
 from __future__ import annotations
@@ -91,7 +92,13 @@ class CardShown(Base):
     topic: Mapped[str] = mapped_column(String(64))
     indicator: Mapped[str] = mapped_column(String(16))
     rules: Mapped[str] = mapped_column(String(512))
-    shown_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    shown_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    issuer: Mapped[str] = mapped_column(String(512), server_default="")
+    """The calling issuer (JWT ``iss``) and tenant; empty in local mode and on older rows."""
+    tenant: Mapped[str] = mapped_column(String(256), server_default="")
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    """Rules and suggestions of the card (``suppression.IssuedCard.detail``): what feedback on
+    it may hold. Null on rows written before feedback was checked against issued cards."""
 
     __table_args__ = (Index("ix_card_shown_patient_key", "patient_id", "card_key"),)
 
@@ -111,6 +118,32 @@ class FeedbackItem(Base):
     override_reason_system: Mapped[str | None] = mapped_column(String(256))
     override_reason_code: Mapped[str | None] = mapped_column(String(64))
     override_comment: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    """The decision time analytics use: the client's time clamped to [card issued, received]."""
+
+
+class Suppression(Base):
+    """The latest feedback per (patient, rule key, issuer, tenant): all the hook path reads.
+
+    One row per rule and evidence that feedback ever held, replaced by newer feedback, so the
+    lookup costs the same whatever the patient's history (it never reads ``card_shown``).
+    """
+
+    __tablename__ = "suppression"
+
+    patient_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    rule_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(512), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(256), primary_key=True)
+    rule: Mapped[str] = mapped_column(String(128))
+    card_uuid: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason_code: Mapped[str | None] = mapped_column(String(64))
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    until: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    until_ordered: Mapped[list[Any]] = mapped_column(JsonType, default=list)
+    unless_drafted: Mapped[list[Any]] = mapped_column(JsonType, default=list)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from service.db.models import CardShown, FeedbackItem, HookCall, SeenJti
+from service.db.models import CardShown, FeedbackItem, HookCall, SeenJti, Suppression
 
 if TYPE_CHECKING:
     from service.db.database import Database
@@ -30,6 +30,7 @@ class CardRecord:
     topic: str
     indicator: str
     rules: str
+    detail: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class FeedbackRecord:
     reason_system: str | None
     reason_code: str | None
     comment: str | None
+    decided_at: datetime | None = None
+    holds: tuple[dict[str, Any], ...] = ()
+    """``suppression`` rows (column values) this item sets, if it is new."""
 
     def key(self) -> str:
         """Idempotency key: the same item sent twice is the same row."""
@@ -69,12 +73,29 @@ def _insert_ignore(session: AsyncSession):  # type: ignore[no-untyped-def]
     return insert(FeedbackItem)
 
 
-async def store_feedback(db: Database, items: Sequence[FeedbackRecord]) -> tuple[int, int]:
-    """Store every item durably, once. Returns (new rows, duplicates). Commits before returning."""
-    now = datetime.now(UTC)
+def _upsert_hold(dialect: str) -> Any:
+    """Newer feedback on the same rule key in the same scope replaces the older."""
+    table: Any = Suppression.__table__
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    keys = ("patient_id", "rule_key", "issuer", "tenant")
+    return statement.on_conflict_do_update(
+        index_elements=[table.c[k] for k in keys],
+        set_={c.name: statement.excluded[c.name] for c in table.c if c.name not in keys},
+    )
+
+
+async def store_feedback(
+    db: Database, items: Sequence[FeedbackRecord], now: datetime | None = None
+) -> tuple[int, int]:
+    """Store every item durably, once, and the holds of each new item. Returns (new rows,
+    duplicates). Commits before returning. A retried item never re-applies its holds, so a late
+    retry cannot undo newer feedback."""
+    now = now or datetime.now(UTC)
     stored = 0
     async with db.sessions() as session, session.begin():
         statement = _insert_ignore(session).returning(FeedbackItem.id)
+        dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+        upsert = _upsert_hold(dialect)
         for item in items:
             result = await session.execute(
                 statement,
@@ -89,11 +110,32 @@ async def store_feedback(db: Database, items: Sequence[FeedbackRecord]) -> tuple
                     "override_reason_code": item.reason_code,
                     "override_comment": item.comment,
                     "received_at": now,
+                    "decided_at": item.decided_at,
                 },
             )
             if result.first() is not None:
                 stored += 1
+                for hold in item.holds:
+                    await session.execute(upsert, {**hold, "received_at": now})
     return stored, len(items) - stored
+
+
+async def issued_cards(db: Database, uuids: Sequence[str]) -> list[dict[str, Any]]:
+    """The cards with these uuids the service issued (one primary-key read each)."""
+    if not uuids:
+        return []
+    async with db.sessions() as session:
+        rows = await session.execute(
+            select(
+                CardShown.uuid,
+                CardShown.issuer,
+                CardShown.tenant,
+                CardShown.patient_id,
+                CardShown.shown_at,
+                CardShown.detail,
+            ).where(CardShown.uuid.in_(list(uuids)))
+        )
+        return [dict(row._mapping) for row in rows]
 
 
 async def feedback_count(db: Database) -> int:
@@ -118,9 +160,12 @@ class AuditRecord:
     called_at: datetime
     latency_ms: float
     cards: tuple[CardRecord, ...]
+    issuer: str = ""
+    tenant: str = ""
 
 
-FeedbackHistory = dict[str, list[tuple[str, datetime, str | None]]]
+HoldRows = dict[tuple[str, str, str], dict[str, dict[str, Any]]]
+"""(issuer, tenant, patient) → rule key → the ``suppression`` row."""
 
 
 def _claim_statement(insert_for_dialect: Any) -> Any:
@@ -138,19 +183,9 @@ _CLAIM = {
     "postgresql": _claim_statement(postgresql.insert),
     "sqlite": _claim_statement(sqlite.insert),
 }
-_FEEDBACK_FOR_PATIENTS = (
-    select(
-        CardShown.patient_id,
-        CardShown.card_key,
-        FeedbackItem.outcome,
-        FeedbackItem.outcome_at,
-        FeedbackItem.override_reason_code,
-    )
-    .join(FeedbackItem, FeedbackItem.card_uuid == CardShown.uuid)
-    .where(
-        CardShown.patient_id.in_(bindparam("patients", expanding=True)),
-        CardShown.card_key.in_(bindparam("keys", expanding=True)),
-    )
+_HOLDS_FOR_PATIENTS = select(Suppression).where(
+    Suppression.patient_id.in_(bindparam("patients", expanding=True)),
+    Suppression.rule_key.in_(bindparam("keys", expanding=True)),
 )
 _INSERT_HOOK_CALLS = insert(HookCall).returning(HookCall.id, sort_by_parameter_order=True)
 _INSERT_CARDS = insert(CardShown)
@@ -173,19 +208,21 @@ async def claim_jtis(
     return {(row[0], row[1]) for row in result}
 
 
-async def feedback_for_patients(
+async def holds_for_patients(
     connection: AsyncConnection, patient_ids: Sequence[str], keys: Sequence[str]
-) -> dict[str, FeedbackHistory]:
-    """Feedback on earlier cards of these patients with any of these keys, per patient."""
-    found: dict[str, FeedbackHistory] = {}
+) -> HoldRows:
+    """The latest feedback on these rule keys of these patients, per scope: a primary-key range
+    read of the ``suppression`` table, never the patient's card history."""
+    found: HoldRows = {}
     if not patient_ids or not keys:
         return found
     rows = await connection.execute(
-        _FEEDBACK_FOR_PATIENTS, {"patients": list(patient_ids), "keys": list(keys)}
+        _HOLDS_FOR_PATIENTS, {"patients": list(patient_ids), "keys": list(keys)}
     )
-    for patient_id, key, outcome, outcome_at, reason in rows:
-        history = found.setdefault(patient_id or "", {})
-        history.setdefault(key, []).append((outcome, outcome_at, reason))
+    for row in rows:
+        values = dict(row._mapping)
+        scope = (values["issuer"], values["tenant"], values["patient_id"])
+        found.setdefault(scope, {})[values["rule_key"]] = values
     return found
 
 
@@ -220,9 +257,60 @@ async def insert_audits(connection: AsyncConnection, audits: Sequence[AuditRecor
             "indicator": card.indicator,
             "rules": card.rules,
             "shown_at": audit.called_at,
+            "issuer": audit.issuer,
+            "tenant": audit.tenant,
+            "detail": card.detail,
         }
         for audit, call_id in zip(audits, ids, strict=True)
         for card in audit.cards
     ]
     if cards:
         await connection.execute(_INSERT_CARDS, cards)
+
+
+# --- retention (``sleep-cds purge``) -----------------------------------------------------------
+
+
+@dataclass
+class PurgeCounts:
+    hook_calls: int = 0
+    cards: int = 0
+    feedback: int = 0
+    holds: int = 0
+    jtis: int = 0
+
+
+async def _delete_in_chunks(db: Database, table: Any, key: Any, where: Any, chunk: int) -> int:
+    """Delete matching rows ``chunk`` at a time, one short transaction each, so a purge never
+    holds a long lock on a table the hook path writes."""
+    total = 0
+    while True:
+        async with db.sessions() as session, session.begin():
+            ids = (await session.execute(select(key).where(where).limit(chunk))).scalars().all()
+            if not ids:
+                return total
+            await session.execute(delete(table).where(key.in_(ids)))
+        total += len(ids)
+
+
+async def purge(db: Database, cutoff: datetime, now: datetime, chunk: int = 2000) -> PurgeCounts:
+    """Delete audit rows and cards shown before ``cutoff`` with their feedback, holds that have
+    ended, and expired JWT ids. Holds still in force are kept whatever their age: they are the
+    feedback suppression needs (and they never reference a purged row)."""
+    counts = PurgeCounts()
+    old_cards = select(CardShown.uuid).where(CardShown.shown_at < cutoff)
+    counts.feedback = await _delete_in_chunks(
+        db, FeedbackItem, FeedbackItem.id, FeedbackItem.card_uuid.in_(old_cards), chunk
+    )
+    counts.cards = await _delete_in_chunks(
+        db, CardShown, CardShown.uuid, CardShown.shown_at < cutoff, chunk
+    )
+    counts.hook_calls = await _delete_in_chunks(
+        db, HookCall, HookCall.id, HookCall.called_at < cutoff, chunk
+    )
+    async with db.sessions() as session, session.begin():
+        result = await session.execute(delete(Suppression).where(Suppression.until < now))
+        counts.holds = int(getattr(result, "rowcount", 0) or 0)
+        result = await session.execute(delete(SeenJti).where(SeenJti.expires_at < now))
+        counts.jtis = int(getattr(result, "rowcount", 0) or 0)
+    return counts

@@ -20,6 +20,7 @@ from jinja2 import Template
 from service.engine import orders
 from service.engine.evaluate import SEVERITY, RuleOutcome
 from service.engine.record import PatientRecord
+from service.engine.suppression import RuleRef, SuggestionRef
 from service.knowledge import schema
 from service.knowledge.base import CODESYSTEM_URL, KnowledgeBase
 from service.knowledge.templates import environment
@@ -41,6 +42,25 @@ class CardMeta:
     indicator: str
     rules: tuple[str, ...]
     suggestion_uuids: tuple[str, ...]
+    rule_refs: tuple[RuleRef, ...] = ()
+    suggestion_refs: tuple[SuggestionRef, ...] = ()
+
+
+def rule_key(outcome: RuleOutcome) -> str:
+    """One rule's evidence fingerprint: feedback holds a rule while this stays the same."""
+    parts = [outcome.rule.id, *sorted(e.key for e in outcome.evidence)]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def _codes_of(resource: dict[str, Any] | None) -> list[str]:
+    resource = resource or {}
+    concept = resource.get("code") or resource.get("medicationCodeableConcept") or {}
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    return [
+        f"{c.get('system')}|{c.get('code')}"
+        for c in codings or []
+        if isinstance(c, dict) and c.get("code")
+    ]
 
 
 def card_key(patient_id: str, topic: str, outcomes: list[RuleOutcome]) -> str:
@@ -98,6 +118,29 @@ def _render(
 def _shorten(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
+
+
+def _suggestion_ref(
+    record: PatientRecord, suggestion: dict[str, Any], rules: list[str]
+) -> SuggestionRef:
+    creates: list[str] = []
+    deletes: list[str] = []
+    drafts = {d.ref: d for d in record.drafts}
+    for action in suggestion["actions"]:
+        if action["type"] == "create":
+            creates += _codes_of(action.get("resource"))
+        elif action["type"] == "delete":
+            ref = str(action.get("resourceId", ""))
+            deletes.append(ref)
+            draft = drafts.get(ref)
+            if draft is not None:
+                deletes += [f"{system}|{code}" for system, code in draft.concept.codings]
+    return SuggestionRef(
+        suggestion["uuid"],
+        tuple(dict.fromkeys(rules)),
+        tuple(sorted(set(creates))),
+        tuple(sorted(set(deletes))),
+    )
 
 
 class CardComposer:
@@ -160,7 +203,7 @@ class CardComposer:
                 },
             },
         }
-        suggestions = self._suggestions(record, card_uuid, fired)
+        suggestions, carried = self._suggestions(record, card_uuid, fired)
         if suggestions:
             card["suggestions"] = suggestions
             card["selectionBehavior"] = "any"
@@ -175,6 +218,17 @@ class CardComposer:
             indicator=indicator,
             rules=tuple(f"{o.rule.id}@{o.rule.version}" for o in fired),
             suggestion_uuids=tuple(s["uuid"] for s in suggestions),
+            rule_refs=tuple(
+                RuleRef(
+                    f"{o.rule.id}@{o.rule.version}",
+                    rule_key(o),
+                    o.indicator or o.rule.card.indicator,
+                )
+                for o in fired
+            ),
+            suggestion_refs=tuple(
+                _suggestion_ref(record, s, carried[s["label"]]) for s in suggestions
+            ),
         )
         return card, meta
 
@@ -200,26 +254,34 @@ class CardComposer:
 
     def _suggestions(
         self, record: PatientRecord, card_uuid: str, fired: list[RuleOutcome]
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+        """The card's suggestions, and per label the rules whose advice each one carries."""
         suggestions: list[dict[str, Any]] = []
         labels: set[str] = set()
-        offered: set[tuple[str, ...]] = set()
+        offered: dict[tuple[str, ...], str] = {}
+        carried: dict[str, list[str]] = {}
         for outcome in fired:
+            rule = f"{outcome.rule.id}@{outcome.rule.version}"
             reasons = sorted({e.ref for e in outcome.evidence if e.ref and "/" in e.ref})
             for spec in outcome.rule.suggestions:
                 if spec.label in labels:
+                    carried[spec.label].append(rule)
                     continue
                 # An order already offered by an earlier suggestion of this card is not offered
-                # twice (two rules may both suggest the same referral).
-                actions = [
-                    a
-                    for a in self._actions(record, spec, outcome, reasons)
-                    if _action_signature(a) not in offered
-                ]
+                # twice (two rules may both suggest the same referral); accepting that earlier
+                # suggestion answers both rules.
+                actions = []
+                for action in self._actions(record, spec, outcome, reasons):
+                    signature = _action_signature(action)
+                    if signature in offered:
+                        carried[offered[signature]].append(rule)
+                    else:
+                        actions.append(action)
                 if not actions:
                     continue
-                offered.update(_action_signature(a) for a in actions)
+                offered.update((_action_signature(a), spec.label) for a in actions)
                 labels.add(spec.label)
+                carried[spec.label] = [rule]
                 suggestion: dict[str, Any] = {
                     "label": spec.label,
                     "uuid": str(uuid.uuid5(uuid.UUID(card_uuid), spec.label)),
@@ -228,7 +290,7 @@ class CardComposer:
                 if spec.recommended:
                     suggestion["isRecommended"] = True
                 suggestions.append(suggestion)
-        return suggestions
+        return suggestions, carried
 
     def _actions(
         self,

@@ -149,7 +149,8 @@ def play_scenario(client: TestClient, clock: FrozenClock) -> None:
     s = timedelta(seconds=1)
     clock.now = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)  # before the period: never counted
     early = show(client, "pz", [condition("pz", RLS_CODE)], [low_ferritin("pz")])
-    send(client, accepted(early["lab-check"], clock.now + 10 * s))
+    clock.now += 60 * s  # feedback arrives after the decision it reports
+    send(client, accepted(early["lab-check"], clock.now - 50 * s))
 
     clock.now = W48
     la = show(client, "pa", [condition("pa", RLS_CODE)], [low_ferritin("pa")])["lab-check"]
@@ -164,6 +165,7 @@ def play_scenario(client: TestClient, clock: FrozenClock) -> None:
         [],
     )
     ld, nd = d["lab-check"], d["neurology-referral"]
+    clock.now = W48 + 3600 * s  # the feedback below is received an hour after the cards
     # la: overridden first, then accepted: the latest feedback (accepted, 600 s) counts.
     send(client, overridden(la, W48 + 60 * s, "will-reassess"))
     send(client, accepted(la, W48 + 600 * s))
@@ -185,6 +187,7 @@ def play_scenario(client: TestClient, clock: FrozenClock) -> None:
     )
     lf = f["lab-check"]
     assert "neurology-referral" in f  # shown, never answered
+    clock.now = W49 + 7200 * s
     send(
         client,
         overridden(le, W49 + 45 * s, "patient-declined"),  # 45 s

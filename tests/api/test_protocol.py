@@ -410,24 +410,33 @@ def test_readiness_fails_when_the_database_is_unreachable(tmp_path, clock) -> No
 
 # --- feedback ------------------------------------------------------------------------------------
 
-OVERRIDE = {
-    "card": "9368d37b-283f-44a0-93ea-547cebab93ed",
-    "outcome": "overridden",
-    "overrideReason": {
-        "reason": {
-            "code": "d7ecf885",
-            "system": "https://example.com/cds-hooks/override-reason-system",
+
+def issued(c: TestClient, clock: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An override and an acceptance of a card this service really issued (feedback on any other
+    card is ignored)."""
+    prefetch = empty_prefetch(c)
+    prefetch["conditions"] = bundle(RLS)
+    cards = c.post(PV, json=request(prefetch=prefetch)).json()["cards"]
+    card = next(card for card in cards if card.get("suggestions"))
+    override = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {
+            "reason": {
+                "code": "d7ecf885",
+                "system": "https://example.com/cds-hooks/override-reason-system",
+            },
+            "userComment": "A comment entered by the clinician.",
         },
-        "userComment": "A comment entered by the clinician.",
-    },
-    "outcomeTimestamp": "2020-12-11T00:00:00Z",
-}
-ACCEPT = {
-    "card": "4e0a3a1e-3283-4575-ab82-028d55fe2719",
-    "outcome": "accepted",
-    "acceptedSuggestions": [{"id": "e56e1945-20b3-4393-8503-a1a20fd73152"}],
-    "outcomeTimestamp": "2021-12-11T10:05:31Z",
-}
+        "outcomeTimestamp": clock.now.isoformat(),
+    }
+    accept = {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+        "outcomeTimestamp": clock.now.isoformat(),
+    }
+    return override, accept
 
 
 def _rows(database_url: str) -> list[tuple[Any, ...]]:
@@ -436,47 +445,46 @@ def _rows(database_url: str) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT card_uuid, outcome, override_reason_code, override_comment"
-                " FROM feedback_item ORDER BY card_uuid"
+                "SELECT outcome, override_reason_code, override_comment"
+                " FROM feedback_item ORDER BY outcome"
             )
         ).all()
     engine.dispose()
     return [tuple(r) for r in rows]
 
 
-def test_feedback_round_trips_and_is_idempotent(app_factory, database_url: str) -> None:
+def test_feedback_round_trips_and_is_idempotent(app_factory, database_url: str, clock) -> None:
     with TestClient(app_factory(database_url)) as c:
-        first = c.post(f"{PV}/feedback", json={"feedback": [ACCEPT, OVERRIDE]})
+        override, accept = issued(c, clock)
+        first = c.post(f"{PV}/feedback", json={"feedback": [accept, override]})
         assert first.status_code == 200
-        assert first.json() == {"stored": 2, "duplicates": 0}
-        again = c.post(f"{PV}/feedback", json={"feedback": [OVERRIDE, OVERRIDE]})
-        assert again.json() == {"stored": 0, "duplicates": 2}
+        assert first.json() == {"stored": 2, "duplicates": 0, "ignored": []}
+        again = c.post(f"{PV}/feedback", json={"feedback": [override, override]})
+        assert again.json() == {"stored": 0, "duplicates": 2, "ignored": []}
     assert _rows(database_url) == [
-        ("4e0a3a1e-3283-4575-ab82-028d55fe2719", "accepted", None, None),
-        (
-            "9368d37b-283f-44a0-93ea-547cebab93ed",
-            "overridden",
-            "d7ecf885",
-            "A comment entered by the clinician.",
-        ),
+        ("accepted", None, None),
+        ("overridden", "d7ecf885", "A comment entered by the clinician."),
     ]
 
 
 @pytest.mark.parametrize(
-    ("item", "message"),
+    ("change", "message"),
     [
-        ({**ACCEPT, "outcome": "ignored"}, "outcome"),
-        ({**ACCEPT, "acceptedSuggestions": []}, "acceptedSuggestions"),
-        ({**OVERRIDE, "outcomeTimestamp": "yesterday"}, "outcomeTimestamp"),
-        ({**OVERRIDE, "outcomeTimestamp": "2020-12-11T00:00:00"}, "UTC offset"),
-        ({"outcome": "overridden", "outcomeTimestamp": "2020-12-11T00:00:00Z"}, "card"),
+        ({"outcome": "ignored"}, "outcome"),
+        ({"acceptedSuggestions": []}, "acceptedSuggestions"),
+        ({"outcomeTimestamp": "yesterday"}, "outcomeTimestamp"),
+        ({"outcomeTimestamp": "2026-11-25T09:00:00"}, "UTC offset"),
+        ({"card": None}, "card"),
     ],
 )
 def test_bad_feedback_is_400_and_stores_nothing(
-    client: TestClient, item: dict[str, Any], message: str
+    client: TestClient, clock: Any, change: dict[str, Any], message: str
 ) -> None:
-    assert_outcome(client.post(f"{PV}/feedback", json={"feedback": [OVERRIDE, item]}), 400, message)
-    assert client.post(f"{PV}/feedback", json={"feedback": [OVERRIDE]}).json()["stored"] == 1
+    override, accept = issued(client, clock)
+    item = {k: v for k, v in {**accept, **change}.items() if v is not None}
+    response = client.post(f"{PV}/feedback", json={"feedback": [override, item]})
+    assert_outcome(response, 400, message)
+    assert client.post(f"{PV}/feedback", json={"feedback": [override]}).json()["stored"] == 1
 
 
 def test_feedback_answers_503_when_the_database_is_down(tmp_path, clock) -> None:
@@ -484,7 +492,12 @@ def test_feedback_answers_503_when_the_database_is_down(tmp_path, clock) -> None
 
     settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/missing/dir/x.db")
     with TestClient(create_app(settings, clock=clock, configure_logging=False)) as c:
-        assert_outcome(c.post(f"{PV}/feedback", json={"feedback": [OVERRIDE]}), 503)
+        item = {
+            "card": str(uuid.uuid4()),
+            "outcome": "overridden",
+            "outcomeTimestamp": clock.now.isoformat(),
+        }
+        assert_outcome(c.post(f"{PV}/feedback", json={"feedback": [item]}), 503)
         # Hook calls still answer: the audit row is skipped, the cards are not.
         prefetch = empty_prefetch(c)
         prefetch["conditions"] = bundle(RLS)

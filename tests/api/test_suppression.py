@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -139,19 +140,30 @@ def test_new_evidence_brings_the_card_back_at_once(
         assert topic(call(client, [RLS], [LOW, newer]), "lab-check") is not None
 
 
-def test_acceptance_hides_the_card_while_the_action_is_pending(
+def rules_of(card: dict[str, Any] | None) -> list[str]:
+    """The rule ids a card was built from (each rule's section ends "(rule <id> v<version>)")."""
+    return re.findall(r"\(rule ([^ ]+) v", card["detail"]) if card else []
+
+
+def test_acceptance_hides_only_the_accepted_rule_while_the_action_is_pending(
     app_factory: Callable[..., FastAPI], database_url: str, clock: FrozenClock
 ) -> None:
     with TestClient(app_factory(database_url)) as client:
         card = topic(call(client, [RLS], [LOW]), "lab-check")
         assert card is not None and card["suggestions"]
+        assert card["suggestions"][0]["label"].startswith("Order iron studies")
+        assert {"rls-iron-studies", "rls-iron-repletion"} <= set(rules_of(card))
         accept(client, card, clock)
-        assert topic(call(client, [RLS], [LOW]), "lab-check") is None
-        # The ordered lab results: the evidence changes, so advice based on it shows again.
-        resulted = ferritin("f3", 35, "2026-11-24")
-        assert topic(call(client, [RLS], [LOW, resulted]), "lab-check") is not None
-        clock.now += timedelta(days=91)  # accepted_suppress_days: 90
-        assert topic(call(client, [RLS], [LOW]), "lab-check") is not None
+        # Defect 4: the card is rebuilt from the rules still due; the iron-repletion advice
+        # merged into it stays, only the accepted "order iron studies" advice is held.
+        rebuilt = topic(call(client, [RLS], [LOW]), "lab-check")
+        assert "rls-iron-studies" not in rules_of(rebuilt)
+        assert "rls-iron-repletion" in rules_of(rebuilt)
+        assert rebuilt is not None
+        labels = [s["label"] for s in rebuilt.get("suggestions", [])]
+        assert not any(label.startswith("Order iron studies") for label in labels)
+        clock.now += timedelta(days=31)  # accepted_suppress_days: 30
+        assert "rls-iron-studies" in rules_of(topic(call(client, [RLS], [LOW]), "lab-check"))
 
 
 def test_critical_card_is_never_hidden_by_an_override_older_than_a_day(
@@ -195,12 +207,12 @@ def test_suppression_fails_open_when_feedback_cannot_be_read(
 
         from service.db import repository
 
-        original = repository.feedback_for_patients
-        repository.feedback_for_patients = broken  # type: ignore[assignment]
+        original = repository.holds_for_patients
+        repository.holds_for_patients = broken  # type: ignore[assignment]
         try:
             assert topic(call(client, [RLS], [LOW]), "lab-check") is not None
         finally:
-            repository.feedback_for_patients = original  # type: ignore[assignment]
+            repository.holds_for_patients = original  # type: ignore[assignment]
 
 
 # --- server time rules (issue 14, defects 1 and 2) --------------------------------------------
@@ -251,17 +263,38 @@ def test_window_arithmetic_saturates_at_the_end_of_the_datetime_range() -> None:
     from datetime import UTC, datetime
 
     from service.config import Settings
-    from service.engine.suppression import LATEST, PriorFeedback, later, suppressed_until
+    from service.engine.suppression import (
+        LATEST,
+        IssuedCard,
+        RuleRef,
+        Scope,
+        Seen,
+        SuggestionRef,
+        holds_for,
+        judge,
+        later,
+        timestamp_problem,
+    )
     from service.knowledge.base import load_knowledge
 
     settings = Settings()
     policy = load_knowledge(settings.fhir_profiles_dir, settings.knowledge_dir).policy
     edge = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
-    assert later(edge, timedelta(days=400)) == LATEST
-    for outcome, reason in (("accepted", None), ("overridden", "not-clinically-relevant")):
-        prior = PriorFeedback(outcome, edge, reason)
-        for indicator in ("info", "warning", "critical"):
-            until = suppressed_until(policy, indicator, prior)
-            assert until is not None and until >= edge
     start = datetime.min.replace(tzinfo=UTC)
+    assert later(edge, timedelta(days=400)) == LATEST
     assert later(start, timedelta(days=-1)) == start
+    rules = tuple(RuleRef(f"r{i}@1", f"k{i}", ind) for i, ind in enumerate(("info", "critical")))
+    card = IssuedCard("c", Scope("", "", "p"), edge, rules, (SuggestionRef("s", ("r0@1",)),))
+    for outcome, reason, accepted in (
+        ("accepted", None, ["s"]),
+        ("overridden", "not-clinically-relevant", []),
+    ):
+        for hold in holds_for(policy, card, outcome, reason, accepted, edge):
+            assert hold.until >= edge
+            for indicator in ("info", "critical"):
+                assert judge(policy, hold, indicator, Seen(), edge).hidden
+                assert not judge(policy, hold, indicator, Seen(), LATEST).hidden
+    # Timestamps at both ends of the range are refused, never overflow.
+    assert timestamp_problem(edge, LATEST, start)
+    assert timestamp_problem(LATEST, start, LATEST)
+    assert timestamp_problem(start, start, start) == ""

@@ -276,6 +276,7 @@ def test_console_end_to_end(
     lab = card_with_topic(driver, "lab-check")
     suggestion = lab["element"].find_element(By.CSS_SELECTOR, ".btn-suggestion")
     suggestion_uuid = suggestion.get_attribute("data-suggestion")
+    accepted_label = suggestion.text
     suggestion.click()
     wait_for(driver, lambda d: "Accepted" in lab["element"].text, what="accepted state")
     rows = feedback_rows(console_stack)
@@ -306,14 +307,20 @@ def test_console_end_to_end(
     by_id(driver, "tab-feedback").click()
     assert med["uuid"] in by_id(driver, "feedback-json").text
 
-    # Fire again: both cards are suppressed, by the service (the direct call agrees).
+    # Fire again: the dismissed card is hidden, and of the lab card only the accepted advice
+    # (per rule, issue 14); the direct call agrees. The hidden list says why and until when.
     fire(driver, "fire-patient-view")
     topics = {c["topic"] for c in shown_cards(driver)}
-    assert "medication-review" not in topics and "lab-check" not in topics
+    assert "medication-review" not in topics
+    if "lab-check" in topics:
+        again = card_with_topic(driver, "lab-check")["element"]
+        labels = [b.text for b in again.find_elements(By.CSS_SELECTOR, ".btn-suggestion")]
+        assert accepted_label not in labels
     same_cards(shown_cards(driver), call(api, patient_view(console_stack, DEMO)))
     hidden = by_id(driver, "hidden-cards")
     assert hidden.is_displayed()
-    assert med["summary"] in hidden.text and lab["summary"] in hidden.text
+    assert "overridden (will-reassess)" in hidden.text
+    assert "suggestion accepted" in hidden.text and "hidden until" in hidden.text
     screenshot(driver, tmp_path, "console-suppressed.png")
 
     # order-select with sertraline: the drug card, as the service answers it.

@@ -77,30 +77,74 @@ def test_concurrent_claims_share_transactions_and_one_token_wins_once(database_u
     run(test)
 
 
-def test_feedback_lookups_in_one_round_get_only_their_own_patients_rows(
-    database_url: str,
-) -> None:
+def hold(patient: str, key: str, issuer: str = "", reason: str = "already-addressed") -> Any:
+    return {
+        "patient_id": patient,
+        "rule_key": key,
+        "issuer": issuer,
+        "tenant": "",
+        "rule": "R1@1",
+        "card_uuid": "c",
+        "outcome": "overridden",
+        "reason_code": reason,
+        "starts_at": NOW,
+        "until": NOW + timedelta(days=30),
+        "until_ordered": [],
+        "unless_drafted": [],
+    }
+
+
+def test_hold_lookups_in_one_round_get_only_their_own_scopes_rows(database_url: str) -> None:
     async def test() -> None:
         async with writer(database_url) as (database, commit):
-            await commit.audit(audit("p1", ("c1", "k-lab"), ("c2", "k-med")))
-            await commit.audit(audit("p2", ("c3", "k-lab")))
+            holds = [hold("p1", "k-lab"), hold("p1", "k-med"), hold("p2", "k-lab")]
+            holds.append(hold("p1", "k-lab", issuer="https://other.example"))
             items = [
-                FeedbackRecord("s", card, "overridden", NOW, [], "sys", "already-addressed", None)
-                for card in ("c1", "c2", "c3")
+                FeedbackRecord(
+                    "s",
+                    "c",
+                    "overridden",
+                    NOW,
+                    [],
+                    "sys",
+                    "already-addressed",
+                    None,
+                    holds=tuple(holds),
+                )
             ]
             await repository.store_feedback(database, items)
-            p1_lab, p2_lab, p1_med, p3 = await asyncio.gather(
-                commit.feedback("p1", ["k-lab"]),
-                commit.feedback("p2", ["k-lab", "k-other"]),
-                commit.feedback("p1", ["k-med"]),
-                commit.feedback("p3", ["k-lab"]),
+            p1_lab, p2_lab, p1_med, p3, other = await asyncio.gather(
+                commit.holds(("", "", "p1"), ["k-lab"]),
+                commit.holds(("", "", "p2"), ["k-lab", "k-other"]),
+                commit.holds(("", "", "p1"), ["k-med"]),
+                commit.holds(("", "", "p3"), ["k-lab"]),
+                commit.holds(("https://other.example", "", "p1"), ["k-lab", "k-med"]),
             )
-            assert list(p1_lab) == ["k-lab"] and len(p1_lab["k-lab"]) == 1
-            assert p1_lab["k-lab"][0][0] == "overridden"
-            assert p1_lab["k-lab"][0][2] == "already-addressed"
+            assert list(p1_lab) == ["k-lab"]
+            assert p1_lab["k-lab"]["outcome"] == "overridden"
+            assert p1_lab["k-lab"]["reason_code"] == "already-addressed"
             assert list(p2_lab) == ["k-lab"]
             assert list(p1_med) == ["k-med"]
             assert p3 == {}
+            assert list(other) == ["k-lab"]  # another issuer's holds are its own
+
+    run(test)
+
+
+def test_newer_feedback_replaces_the_hold_and_a_retry_does_not(database_url: str) -> None:
+    async def test() -> None:
+        async with writer(database_url) as (database, commit):
+            first = FeedbackRecord(
+                "s", "c", "overridden", NOW, [], "sys", "a", None, holds=(hold("p", "k", "", "a"),)
+            )
+            second = FeedbackRecord(
+                "s", "c", "overridden", NOW, [], "sys", "b", None, holds=(hold("p", "k", "", "b"),)
+            )
+            assert await repository.store_feedback(database, [first]) == (1, 0)
+            assert await repository.store_feedback(database, [second]) == (1, 0)
+            assert await repository.store_feedback(database, [first]) == (0, 1)  # a retry
+            found = await commit.holds(("", "", "p"), ["k"])
+            assert found["k"]["reason_code"] == "b"
 
     run(test)
 
@@ -142,7 +186,7 @@ def test_database_down_fails_every_waiting_call_and_recovers(tmp_path: Any) -> N
         expires = datetime.now(UTC) + timedelta(minutes=5)
         results = await asyncio.gather(
             commit.claim_jti("iss", "a", expires),
-            commit.feedback("p", ["k"]),
+            commit.holds(("", "", "p"), ["k"]),
             commit.audit(audit("p")),
             return_exceptions=True,
         )
@@ -158,7 +202,7 @@ def test_database_down_fails_every_waiting_call_and_recovers(tmp_path: Any) -> N
 def test_a_call_with_no_cards_costs_no_lookup(database_url: str) -> None:
     async def test() -> None:
         async with writer(database_url) as (_, commit):
-            assert await commit.feedback("p", []) == {}
+            assert await commit.holds(("", "", "p"), []) == {}
             assert commit.rounds == 0
 
     run(test)

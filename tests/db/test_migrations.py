@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, inspect
 from service.config import REPO_ROOT, Settings
 from service.db.models import Base
 
-TABLES = {"hook_call", "card_shown", "feedback_item", "seen_jti"}
+TABLES = {"hook_call", "card_shown", "feedback_item", "seen_jti", "suppression"}
 
 
 def _config(sync_url: str) -> Config:

@@ -242,5 +242,10 @@ def test_odd_text_in_identifiers_and_comments_never_5xx(
             assert_4xx(stored, 400, "NUL")
             assert_4xx(other, 400, "NUL")
         else:
-            assert stored.json() == {"stored": 1, "duplicates": 0}
-            assert other.json() == {"stored": 1, "duplicates": 0}
+            assert stored.json() == {"stored": 1, "duplicates": 0, "ignored": []}
+            # A card this service never issued: answered as ignored, never stored.
+            assert other.json() == {
+                "stored": 0,
+                "duplicates": 0,
+                "ignored": [{"item": 0, "card": text[:128], "reason": "unknown-card"}],
+            }

@@ -14,6 +14,7 @@ import logging
 import socket
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -121,12 +122,13 @@ def bad() -> Iterator[BadFhirServer]:
         yield server
 
 
-def full_cycle(client: Any, bad_url: str) -> int:
-    """The requests of one patient's visit; returns how many HTTP requests were made."""
+def full_cycle(client: Any, bad_url: str, when: str = "2026-11-25T09:00:00Z") -> int:
+    """The requests of one patient's visit; returns how many HTTP requests were made. ``when``:
+    the decision time (the service's clock, which is real in a server process)."""
     first = client.post(PV, json=phi_body(bad_url))
     assert first.status_code == 200, first.text
     card = first.json()["cards"][0]
-    item = feedback_item(card["uuid"])
+    item = feedback_item(card["uuid"], when=when)
     item["overrideReason"]["userComment"] = PHI["comment"]
     assert client.post(f"{PV}/feedback", json={"feedback": [item]}).status_code == 200
     again = client.post(PV, json=phi_body(bad_url))  # suppressed now
@@ -177,7 +179,7 @@ def test_the_server_process_logs_no_phi(tmp_path: Path) -> None:
         service = ServiceProcess(database, tmp_path, CDS_LOG_LEVEL="INFO").start()
         try:
             with httpx.Client(base_url=service.base_url, timeout=10) as client:
-                full_cycle(client, bad.url("status-500"))
+                full_cycle(client, bad.url("status-500"), datetime.now(UTC).isoformat())
             # A malformed HTTP request line carrying PHI: uvicorn's own log must not echo it.
             with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
                 sock.sendall(f"GET /{PHI['SSN']} {PHI['family name']}\r\n\r\n".encode())

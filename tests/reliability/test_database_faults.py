@@ -103,7 +103,7 @@ def _down_then_back(cluster: PrivatePostgres) -> None:
         assert first.status_code == 200
         card = first.json()["cards"][0]
         override = client.post(f"{PV}/feedback", json={"feedback": [feedback_item(card["uuid"])]})
-        assert override.json() == {"stored": 1, "duplicates": 0}
+        assert override.json() == {"stored": 1, "duplicates": 0, "ignored": []}
         # The override hides this card from now on (suppression reads the database).
         assert card["summary"] not in [
             c["summary"] for c in client.post(PV, json=patient_view()).json()["cards"]
@@ -140,7 +140,7 @@ def _down_then_back(cluster: PrivatePostgres) -> None:
         card_items = "SELECT count(*) FROM feedback_item WHERE card_uuid = :card"
         assert rows(url, card_items, card=item["card"])[0][0] == 0
         retried = client.post(f"{PV}/feedback", json={"feedback": [item]})
-        assert retried.json() == {"stored": 1, "duplicates": 0}
+        assert retried.json() == {"stored": 1, "duplicates": 0, "ignored": []}
         assert rows(url, card_items, card=item["card"])[0][0] == 1
         assert client.get("/readyz").status_code == 200
 
@@ -197,7 +197,8 @@ def test_database_unreachable_answers_within_the_connect_timeout() -> None:
             waited = metrics.sample("cds_request_duration_seconds_sum", **labels) - before
             assert waited < settings.db_read_deadline_s + 0.7
             assert delta("cds_audit_rows_total", "result", "skipped") == 1
-            item = feedback_item(answer.json()["cards"][0]["uuid"])
+            now = datetime.now(UTC).isoformat()  # this app runs on the real clock
+            item = feedback_item(answer.json()["cards"][0]["uuid"], when=now)
             refused, seconds = timed_post(client, f"{PV}/feedback", {"feedback": [item]})
             assert_503(refused)
             assert seconds < 2.0 + DOWNTIME_ANSWER_S

@@ -8,6 +8,7 @@ runs) on SQLite and on the test's own PostgreSQL cluster.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import time
@@ -21,7 +22,13 @@ from sqlalchemy import create_engine, text
 
 from service.cli import upgrade_database
 from service.config import Settings
-from tests.reliability.helpers import PV, PrivatePostgres, ServiceProcess, feedback_item
+from tests.reliability.helpers import (
+    PV,
+    PrivatePostgres,
+    ServiceProcess,
+    feedback_item,
+    patient_view,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,17 +52,29 @@ def stored_counts(url: str) -> dict[str, int]:
         engine.dispose()
 
 
-def batch(worker: int, n: int) -> list[dict[str, Any]]:
+CARDS = 900  # feedback must name a card the service issued: each item gets its own
+
+
+def issue_cards(service: ServiceProcess, count: int) -> list[str]:
+    """Uuids of real cards, from hook calls (several patients: their own cards)."""
+    cards: list[str] = []
+    with httpx.Client(base_url=service.base_url, timeout=10.0) as client:
+        while len(cards) < count:
+            response = client.post(PV, json=patient_view(f"p{len(cards)}"))
+            assert response.status_code == 200, response.text
+            cards += [card["uuid"] for card in response.json()["cards"]]
+    return cards
+
+
+def batch(worker: int, n: int, pool: list[str]) -> list[dict[str, Any]]:
     """1-3 items, each about its own card (so "exactly once" is a count per card uuid)."""
-    size = 1 + (worker + n) % 3
-    return [
-        feedback_item(f"w{worker}-{n}-{i}-{uuid.uuid4().hex[:8]}", when="2026-11-25T09:00:00Z")
-        for i in range(size)
-    ]
+    size = min(1 + (worker + n) % 3, len(pool))
+    now = dt.datetime.now(dt.UTC).isoformat()
+    return [feedback_item(pool.pop(), when=now) for _ in range(size)]
 
 
 async def load_until_killed(
-    service: ServiceProcess,
+    service: ServiceProcess, pool: list[str]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(acknowledged items, items sent without a 200) around a SIGKILL mid-load."""
     acked: list[dict[str, Any]] = []
@@ -64,8 +83,8 @@ async def load_until_killed(
 
     async def worker(client: httpx.AsyncClient, number: int) -> None:
         n = 0
-        while not killed.is_set() or n % 5:  # keep sending a little after the kill too
-            items = batch(number, n)
+        while (not killed.is_set() or n % 5) and pool:  # a little more after the kill too
+            items = batch(number, n, pool)
             n += 1
             try:
                 response = await client.post(f"{PV}/feedback", json={"feedback": items})
@@ -101,9 +120,13 @@ def test_kill9_mid_feedback_load_loses_and_duplicates_nothing(
     kill9_database: str, tmp_path: Path
 ) -> None:
     upgrade_database(Settings(database_url=kill9_database))
-    service = ServiceProcess(kill9_database, tmp_path).start()
+    # The feedback rate limit is per issuer; this test is the one client and wants volume.
+    service = ServiceProcess(
+        kill9_database, tmp_path, CDS_FEEDBACK_RATE_PER_MINUTE="1000000"
+    ).start()
     try:
-        acked, unacked = asyncio.run(load_until_killed(service))
+        pool = issue_cards(service, CARDS)
+        acked, unacked = asyncio.run(load_until_killed(service, pool))
         assert service.wait(5) == -signal.SIGKILL
         assert len(acked) >= KILL_AFTER_ACKS, service.logs()[-2000:]
         assert unacked, "the kill landed between requests; nothing was in flight"
@@ -118,9 +141,9 @@ def test_kill9_mid_feedback_load_loses_and_duplicates_nothing(
         stored = duplicates = 0
         with httpx.Client(base_url=service.base_url, timeout=10.0) as client:
             everything = acked + unacked
-            for start in range(0, len(everything), 50):
+            for start in range(0, len(everything), 20):  # at most 20 items per request
                 response = client.post(
-                    f"{PV}/feedback", json={"feedback": everything[start : start + 50]}
+                    f"{PV}/feedback", json={"feedback": everything[start : start + 20]}
                 )
                 assert response.status_code == 200, response.text
                 stored += response.json()["stored"]

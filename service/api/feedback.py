@@ -1,0 +1,342 @@
+"""Feedback you can trust: checking feedback against issued cards, and applying its holds.
+
+The hook path asks :func:`visible` which rules earlier feedback still hides in the caller's
+(issuer, tenant, patient) scope and rebuilds merged cards from the rules still due. The feedback
+endpoint (:func:`receive`) accepts an item only if it names a card this service issued to the same
+issuer and tenant, with suggestion ids that card carried; anything else is answered as ignored and
+never stored. Items per request and per issuer per minute are bounded. The trust model is in
+docs/security.md §Feedback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Request
+
+from service import metrics
+from service.api.deps import Caller, settings_of
+from service.cdshooks import models
+from service.db import repository
+from service.engine.cards import CardMeta, rule_key
+from service.engine.pipeline import HookResult
+from service.engine.record import PatientRecord
+from service.engine.suppression import (
+    Hold,
+    IssuedCard,
+    Scope,
+    Seen,
+    Verdict,
+    holds_for,
+    judge,
+    timestamp_problem,
+    window_start,
+)
+from service.errors import InvalidRequest, StorageUnavailable, TooManyRequests
+from service.logging import bind
+
+log = logging.getLogger("service.api")
+
+ISSUED_CACHE = 20_000
+"""Cards remembered in process until their audit row is surely written (feedback may arrive
+before the background audit write commits)."""
+
+
+def scope_of(caller: Caller | None, patient_id: str) -> Scope:
+    """Local mode is one scope (empty issuer and tenant)."""
+    if caller is None:
+        return Scope("", "", patient_id)
+    return Scope(caller.iss, caller.tenant or "", patient_id)
+
+
+class IssuedCards:
+    """Recently issued cards by uuid, bounded (oldest forgotten first)."""
+
+    def __init__(self, size: int = ISSUED_CACHE) -> None:
+        self._cards: OrderedDict[str, IssuedCard] = OrderedDict()
+        self._size = size
+
+    def add(self, card: IssuedCard) -> None:
+        self._cards[card.uuid] = card
+        while len(self._cards) > self._size:
+            self._cards.popitem(last=False)
+
+    def get(self, uuid: str) -> IssuedCard | None:
+        return self._cards.get(uuid)
+
+
+class RateLimit:
+    """Feedback items per issuer per minute (token bucket, per process)."""
+
+    def __init__(self, per_minute: int, clock: Any = time.monotonic) -> None:
+        self._rate = per_minute / 60.0
+        self._burst = float(per_minute)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, issuer: str, n: int) -> bool:
+        now = self._clock()
+        tokens, at = self._buckets.get(issuer, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - at) * self._rate)
+        if tokens < n:
+            self._buckets[issuer] = (tokens, now)
+            return False
+        self._buckets[issuer] = (tokens - n, now)
+        return True
+
+
+@dataclass
+class _State:
+    issued: IssuedCards = field(default_factory=IssuedCards)
+    limit: RateLimit | None = None
+
+
+def _state(request: Request) -> _State:
+    state: _State | None = getattr(request.app.state, "feedback_trust", None)
+    if state is None:
+        state = _State(limit=RateLimit(settings_of(request).feedback_rate_per_minute))
+        request.app.state.feedback_trust = state
+    return state
+
+
+# --- the hook path ---------------------------------------------------------------------------
+
+
+def _seen(record: PatientRecord) -> Seen:
+    draft_codes = {f"{s}|{c}" for d in record.drafts for s, c in d.concept.codings}
+    ordered = {f"{s}|{c}" for m in record.medications for s, c in m.concept.codings}
+    return Seen(frozenset(d.ref for d in record.drafts), frozenset(draft_codes), frozenset(ordered))
+
+
+def _hold(row: dict[str, Any]) -> Hold:
+    return Hold(
+        rule_key=row["rule_key"],
+        rule=row["rule"],
+        card_uuid=row["card_uuid"],
+        outcome=row["outcome"],
+        reason_code=row["reason_code"],
+        starts_at=row["starts_at"],
+        until=row["until"],
+        until_ordered=tuple(row["until_ordered"] or ()),
+        unless_drafted=tuple(row["unless_drafted"] or ()),
+    )
+
+
+async def hidden_rules(
+    request: Request, scope: Scope, result: HookResult
+) -> dict[str, tuple[str, Verdict]] | None:
+    """Fired rules earlier feedback still hides: rule id → (topic, verdict). None when the
+    feedback could not be read (the caller shows every card: fail open)."""
+    fired = [o for o in result.outcomes if o.status == "fired"]
+    if not fired:
+        return {}
+    keys = {o.rule.id: rule_key(o) for o in fired}
+    try:
+        async with asyncio.timeout(settings_of(request).db_read_deadline_s):
+            rows = await request.app.state.db.group_commit.holds(
+                (scope.issuer, scope.tenant, scope.patient_id), sorted(set(keys.values()))
+            )
+    except Exception as exc:
+        metrics.DB_ERRORS.labels(operation="suppression").inc()
+        log.warning(
+            "suppression skipped: database unavailable",
+            extra={"error_type": type(exc).__name__, "outcome": "suppression-skipped"},
+        )
+        return None
+    if not rows:
+        return {}
+    try:
+        now = request.app.state.clock()
+        policy = request.app.state.kb.policy
+        seen = _seen(result.record)
+        hidden: dict[str, tuple[str, Verdict]] = {}
+        for outcome in fired:
+            row = rows.get(keys[outcome.rule.id])
+            indicator = outcome.indicator or outcome.rule.card.indicator
+            verdict = judge(policy, _hold(row) if row else None, indicator, seen, now)
+            if verdict.hidden:
+                hidden[outcome.rule.id] = (outcome.rule.topic, verdict)
+        return hidden
+    except Exception as exc:  # a bug or odd row in the suppression logic never hides a card
+        log.error(
+            "suppression skipped: %s", type(exc).__name__, extra={"outcome": "suppression-skipped"}
+        )
+        return None
+
+
+async def visible(
+    request: Request, caller: Caller | None, patient_id: str, result: HookResult
+) -> tuple[list[dict[str, Any]], list[CardMeta], dict[str, tuple[str, Verdict]]]:
+    """The cards to show: merged cards rebuilt from the rules still due. Remembers them as
+    issued to this scope, so feedback on them is recognised at once."""
+    scope = scope_of(caller, patient_id)
+    cards, metas = result.cards, result.metas
+    hidden = await hidden_rules(request, scope, result) if result.cards else {}
+    if hidden:
+        kept = [o for o in result.outcomes if o.rule.id not in hidden]
+        cards, metas = request.app.state.pipeline.composer.compose(result.record, kept)
+        topics = {m.topic for m in metas}
+        bind(suppressed=len({m.topic for m in result.metas} - topics), suppressed_rules=len(hidden))
+    issued = _state(request).issued
+    now = request.app.state.clock()
+    for meta in metas:
+        issued.add(IssuedCard(meta.uuid, scope, now, meta.rule_refs, meta.suggestion_refs))
+    return cards, metas, hidden or {}
+
+
+def card_detail(meta: CardMeta) -> dict[str, Any]:
+    return IssuedCard(
+        meta.uuid, Scope("", "", ""), datetime.now(UTC), meta.rule_refs, meta.suggestion_refs
+    ).detail()
+
+
+# --- the feedback endpoint -------------------------------------------------------------------
+
+
+async def _issued(request: Request, uuids: list[str]) -> dict[str, IssuedCard]:
+    """The issued cards among ``uuids``: this process's recent cards, then the audit trail, read
+    once more after a short wait for cards another replica may still be writing."""
+    issued = _state(request).issued
+    found = {u: card for u in uuids if (card := issued.get(u)) is not None}
+    missing = [u for u in uuids if u not in found]
+    for attempt in range(2):
+        if not missing:
+            break
+        if attempt:
+            await asyncio.sleep(settings_of(request).feedback_confirm_wait_s)
+        for row in await repository.issued_cards(request.app.state.db, missing):
+            if row["detail"] is None:
+                continue  # issued before feedback was checked: not usable for suppression
+            scope = Scope(row["issuer"], row["tenant"], row["patient_id"] or "")
+            found[row["uuid"]] = IssuedCard.from_detail(
+                row["uuid"], scope, row["shown_at"], row["detail"]
+            )
+        missing = [u for u in uuids if u not in found]
+    return found
+
+
+def _parse_time(i: int, value: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"feedback.{i}.outcomeTimestamp: not an ISO 8601 date-time") from None
+    if when.tzinfo is None:
+        raise InvalidRequest(f"feedback.{i}.outcomeTimestamp: a UTC offset is required")
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise InvalidRequest(f"feedback.{i}.outcomeTimestamp: out of range") from None
+
+
+async def receive(
+    request: Request, service_id: str, caller: Caller | None, body: models.FeedbackRequest
+) -> dict[str, Any]:
+    """Check, store and apply feedback; the acknowledgement body."""
+    settings = settings_of(request)
+    entries = body.feedback
+    if len(entries) > settings.feedback_max_items:
+        raise InvalidRequest(
+            f"feedback: at most {settings.feedback_max_items} items per request "
+            f"(got {len(entries)})"
+        )
+    own = scope_of(caller, "")
+    issuer = own.issuer
+    limit = _state(request).limit
+    if limit is not None and not limit.take(issuer, len(entries)):
+        raise TooManyRequests(
+            f"feedback: more than {settings.feedback_rate_per_minute} items per minute from "
+            "this issuer; retry later"
+        )
+    received = request.app.state.clock()
+    reported = [_parse_time(i, e.outcomeTimestamp) for i, e in enumerate(entries)]
+    for i, entry in enumerate(entries):
+        if entry.outcome == "accepted" and not entry.acceptedSuggestions:
+            raise InvalidRequest(f"feedback.{i}: acceptedSuggestions is required when accepted")
+        problem = timestamp_problem(received, reported[i], None)
+        if problem:
+            raise InvalidRequest(f"feedback.{i}.outcomeTimestamp: {problem}")
+    try:
+        cards = await _issued(request, list(dict.fromkeys(e.card for e in entries)))
+    except Exception as exc:
+        metrics.observe_feedback_failed(service_id, len(entries))
+        log.error(
+            "feedback not checked: database unavailable",
+            extra={"error_type": type(exc).__name__, "outcome": "503"},
+        )
+        raise StorageUnavailable("Feedback could not be checked; retry later") from None
+    policy = request.app.state.kb.policy
+    items: list[repository.FeedbackRecord] = []
+    ignored: list[dict[str, Any]] = []
+    for i, entry in enumerate(entries):
+        card = cards.get(entry.card)
+        if card is None or (card.scope.issuer, card.scope.tenant) != (own.issuer, own.tenant):
+            ignored.append({"item": i, "card": entry.card, "reason": "unknown-card"})
+            continue
+        problem = timestamp_problem(received, reported[i], card.shown_at)
+        if problem:
+            raise InvalidRequest(f"feedback.{i}.outcomeTimestamp: {problem}")
+        accepted = [s.id for s in entry.acceptedSuggestions or []]
+        known = {s.uuid for s in card.suggestions}
+        unknown = [s for s in accepted if s not in known]
+        if unknown:
+            ignored.append({"item": i, "card": entry.card, "reason": "unknown-suggestion"})
+            continue
+        starts = window_start(received, reported[i], card.shown_at)
+        reason = entry.overrideReason.reason if entry.overrideReason else None
+        holds = holds_for(
+            policy, card, entry.outcome, reason.code if reason else None, accepted, starts
+        )
+        items.append(
+            repository.FeedbackRecord(
+                service_id=service_id,
+                card_uuid=entry.card,
+                outcome=entry.outcome,
+                outcome_at=reported[i],
+                accepted_suggestions=accepted,
+                reason_system=reason.system if reason else None,
+                reason_code=reason.code if reason else None,
+                comment=entry.overrideReason.userComment if entry.overrideReason else None,
+                decided_at=starts,
+                holds=tuple(
+                    {
+                        "patient_id": card.scope.patient_id,
+                        "rule_key": h.rule_key,
+                        "issuer": card.scope.issuer,
+                        "tenant": card.scope.tenant,
+                        "rule": h.rule,
+                        "card_uuid": h.card_uuid,
+                        "outcome": h.outcome,
+                        "reason_code": h.reason_code,
+                        "starts_at": h.starts_at,
+                        "until": h.until,
+                        "until_ordered": list(h.until_ordered),
+                        "unless_drafted": list(h.unless_drafted),
+                    }
+                    for h in holds
+                ),
+            )
+        )
+    stored = duplicates = 0
+    if items:
+        try:
+            stored, duplicates = await repository.store_feedback(
+                request.app.state.db, items, received
+            )
+        except Exception as exc:
+            metrics.observe_feedback_failed(service_id, len(items))
+            log.error(
+                "feedback not stored: database unavailable",
+                extra={"error_type": type(exc).__name__, "outcome": "503"},
+            )
+            raise StorageUnavailable("Feedback could not be stored; retry later") from None
+    bind(items=len(entries), stored=stored, duplicates=duplicates, ignored=len(ignored))
+    metrics.observe_feedback(
+        service_id, stored=stored, duplicates=duplicates, outcomes=[i.outcome for i in items]
+    )
+    return {"stored": stored, "duplicates": duplicates, "ignored": ignored}
