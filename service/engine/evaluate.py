@@ -693,6 +693,15 @@ class Evaluator:
         ]
         return found
 
+    def _drug(self, url: str, concept: Concept) -> tuple[str, str]:
+        """What the card calls the item (its ingredients, "sertraline"), and the record's own
+        wording when that says more ("sertraline 50 MG Oral Tablet"); never a bare code."""
+        names = self.kb.valuesets[url].drug_names(concept.codings, concept.text, concept.label)
+        label = concept.label
+        name = ", ".join(names) or label
+        bare = any(label == code for _, code in concept.codings)
+        return name, "" if bare or label.lower() == name.lower() else label
+
     def _medication(self, node: Node) -> Result:
         spec: schema.MedicationSpec = node.spec
         label = node.label
@@ -705,23 +714,24 @@ class Evaluator:
             if self._unavailable("medications"):
                 return self._result(label, None, "medications could not be read")
             return self._result(label, False)
-        names = sorted({m.concept.label for m in found})
+        drugs = [self._drug(spec.valueset, m.concept) for m in found]
+        names = sorted({name for name, _ in drugs})
         result = self._result(label, True, ", ".join(names))
         title = node.data[0]
         result.evidence = [
             Evidence(
                 "medication",
                 (
-                    f"Completed course: {escape_markdown(m.concept.label)} ({title}), "
+                    f"Completed course: {_drug_text(name, recorded)} ({title}), "
                     f"last dated {m.last.isoformat()}"
                     if m.last is not None
-                    else f"Active medication: {escape_markdown(m.concept.label)} ({title})"
+                    else f"Active medication: {_drug_text(name, recorded)} ({title})"
                     + (f", since {m.started.isoformat()}" if m.started else "")
                 ),
                 f"med:{m.ref}:{m.concept.label}",
                 m.ref,
             )
-            for m in found[:5]
+            for m, (name, recorded) in list(zip(found, drugs, strict=True))[:5]
         ]
         if spec.as_:
             since = min((m.started for m in found if m.started), default=None)
@@ -782,8 +792,10 @@ class Evaluator:
                 assert med.started is not None and finding.when is not None
                 gap = (finding.when - med.started).days
                 if 0 <= gap <= spec.max_days:
+                    name, _ = self._drug(spec.medication, med.concept)
                     text = (
-                        f"{escape_markdown(med.concept.label)} started {med.started.isoformat()}, "
+                        f"{escape_markdown(name[:1].upper() + name[1:])} started "
+                        f"{med.started.isoformat()}, "
                         f"{gap} days before {escape_markdown(finding.concept.label)} began "
                         f"({finding.when.isoformat()})"
                     )
@@ -802,17 +814,18 @@ class Evaluator:
         found = self._in_class("draft", self.record.drafts, spec.valueset, spec.exclude_valueset)
         if not found:
             return self._result(label, False)
-        names = sorted({d.concept.label for d in found})
+        drugs = [self._drug(spec.valueset, d.concept) for d in found]
+        names = sorted({name for name, _ in drugs})
         result = self._result(label, True, ", ".join(names))
         title = node.data[0]
         result.evidence = [
             Evidence(
                 "draft",
-                f"Draft order: {escape_markdown(d.concept.label)} ({title})",
+                f"Draft order: {_drug_text(name, recorded)} ({title})",
                 f"draft:{d.ref}:{d.concept.label}",
                 None,
             )
-            for d in found
+            for d, (name, recorded) in zip(found, drugs, strict=True)
         ]
         if spec.as_:
             result.bindings[spec.as_] = {
@@ -892,6 +905,12 @@ class Evaluator:
         if age is None:
             return self._result(node.label, None, "no birth date")
         return self._result(node.label, node.data[0](age, spec.years), f"age {age}")
+
+
+def _drug_text(name: str, recorded: str) -> str:
+    """Evidence wording of a medicine: "sertraline, recorded as sertraline 50 MG Oral Tablet"."""
+    text = escape_markdown(name)
+    return f"{text}, recorded as {escape_markdown(recorded)}" if recorded else text
 
 
 def _compare(op: str, lab: LabResult, threshold: float) -> Truth:

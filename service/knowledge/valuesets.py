@@ -31,6 +31,9 @@ class ValueSetIndex:
     displays: dict[CodeKey, str]
     synonyms: tuple[str, ...]
     pattern: re.Pattern[str] | None
+    ingredients: re.Pattern[str] | None = None
+    """The synonyms that name an ingredient: those that occur in an expansion display (generic
+    names, not brands), so a card can say "sertraline" for "Zoloft" or "N06AB06"."""
 
     def matches(self, codings: Iterable[CodeKey], text: str) -> bool:
         """Codes first; text synonyms only when no coding matched (see knowledge-format.md)."""
@@ -39,6 +42,34 @@ class ValueSetIndex:
             if key in codes:
                 return True
         return bool(self.pattern is not None and text and self.pattern.search(text))
+
+    def drug_names(self, codings: Iterable[CodeKey], text: str, label: str) -> tuple[str, ...]:
+        """What a card calls a medicine of this class: its ingredients in plain words.
+
+        From the display of the matched code ("N04BC05" → pramipexole, "sertraline 50 MG Oral
+        Tablet" → sertraline), else the ingredient names in the record's own text, else the
+        brand as the record writes it ("Zoloft"). Empty when nothing names it.
+        """
+        ingredients = self.ingredients
+        displays = [self.displays.get(key, "") for key in codings if key in self.codes]
+        if ingredients is not None:
+            for source in (*displays, text):
+                found = _unique(ingredients.findall(source.lower()))
+                if found:
+                    return found
+        if self.pattern is not None and label:
+            spans = [m.span() for m in self.pattern.finditer(label.lower())]
+            if spans:
+                return _unique(label[a:b] for a, b in spans)
+        return tuple(d for d in displays if d)[:1]
+
+
+def _unique(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
+
+
+def _whole_word(phrase: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![a-z0-9]){re.escape(phrase)}(?![a-z0-9])")
 
 
 def synonym_pattern(synonyms: tuple[str, ...]) -> re.Pattern[str] | None:
@@ -95,6 +126,8 @@ def index_valueset(data: dict[str, Any]) -> ValueSetIndex:
         for ext in data.get("extension") or []
         if ext.get("url") == TEXT_SYNONYM_URL and ext.get("valueString")
     )
+    display_text = " | ".join(displays.values()).lower()
+    named = tuple(s for s in synonyms if _whole_word(s).search(display_text))
     return ValueSetIndex(
         url=str(data["url"]),
         title=str(data.get("title") or data.get("name") or data["url"]),
@@ -102,6 +135,7 @@ def index_valueset(data: dict[str, Any]) -> ValueSetIndex:
         displays=displays,
         synonyms=synonyms,
         pattern=synonym_pattern(synonyms),
+        ingredients=synonym_pattern(named),
     )
 
 

@@ -245,5 +245,8 @@ def test_summary_is_plain_text_and_detail_escapes_data() -> None:
     record = READER.read("p1", AS_OF, [condition, drug])
     cards, _ = CardComposer(KB).compose(record, RuleEngine(KB).run("patient-view", record))
     card = next(c for c in cards if c["source"]["topic"]["code"] == "medication-review")
-    assert "sertraline <b>*50*</b>" in card["summary"]
-    assert "\\<b\\>\\*50\\*\\</b\\>" in card["detail"]
+    # The summary names the ingredient, never the record's raw text; the detail quotes the
+    # record's wording with its Markdown escaped.
+    assert card["summary"].startswith("Review sertraline:")
+    assert "<b>" not in card["summary"] and "\\" not in card["summary"]
+    assert "recorded as sertraline \\<b\\>\\*50\\*\\</b\\>" in card["detail"]

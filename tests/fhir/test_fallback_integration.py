@@ -354,8 +354,8 @@ def test_medication_reference_is_resolved_through_the_fallback(
         fetched = response.json()["cards"]
         review = next(c for c in fetched if c["source"]["topic"]["code"] == "medication-review")
         assert review["indicator"] == "warning"
-        assert review["summary"].startswith("RLS on pramipexole dihydrochloride 0.25 MG")
-        drug = "Active medication: pramipexole dihydrochloride 0.25 MG Oral Tablet"
+        assert review["summary"].startswith("RLS on pramipexole:")
+        drug = "Active medication: pramipexole, recorded as pramipexole dihydrochloride 0.25 MG"
         assert drug in review["detail"]
 
         # Everything prefetched: the only request left is the Medication read.
@@ -370,7 +370,7 @@ def test_medication_reference_is_resolved_through_the_fallback(
         response = call(client, "patient-view", "demo-04", fhir_server=base)
         assert not [r for r in proxy.requests_for("pass") if "/Medication/" in r.target]
         (card,) = response.json()["cards"]
-        assert card["summary"].startswith("Review Tylenol PM")
+        assert card["summary"].startswith("Review diphenhydramine:")
         assert card["indicator"] == "warning"
 
 
