@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import orjson
 from service.errors import KnowledgeError
 
 TEXT_SYNONYM_URL = "https://sleep-cds.example.org/fhir/StructureDefinition/text-synonym"
+SYNONYM_INGREDIENT_URL = "https://sleep-cds.example.org/fhir/StructureDefinition/synonym-ingredient"
 
 CodeKey = tuple[str, str]
 
@@ -32,8 +33,10 @@ class ValueSetIndex:
     synonyms: tuple[str, ...]
     pattern: re.Pattern[str] | None
     ingredients: re.Pattern[str] | None = None
-    """The synonyms that name an ingredient: those that occur in an expansion display (generic
-    names, not brands), so a card can say "sertraline" for "Zoloft" or "N06AB06"."""
+    """The synonyms that are ingredient names: every synonym not marked as a brand or
+    combination (``synonym-ingredient``)."""
+    products: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Brand or combination synonym → the ingredients of the class it stands for."""
 
     def matches(self, codings: Iterable[CodeKey], text: str) -> bool:
         """Codes first; text synonyms only when no coding matched (see knowledge-format.md)."""
@@ -48,7 +51,8 @@ class ValueSetIndex:
 
         From the display of the matched code ("N04BC05" → pramipexole, "sertraline 50 MG Oral
         Tablet" → sertraline), else the ingredient names in the record's own text, else the
-        brand as the record writes it ("Zoloft"). Empty when nothing names it.
+        ingredients of a brand in it ("Zoloft" → sertraline), else the brand as the record
+        writes it. Empty when nothing names it.
         """
         ingredients = self.ingredients
         displays = [self.displays.get(key, "") for key in codings if key in self.codes]
@@ -59,17 +63,18 @@ class ValueSetIndex:
                     return found
         if self.pattern is not None and label:
             spans = [m.span() for m in self.pattern.finditer(label.lower())]
-            if spans:
-                return _unique(label[a:b] for a, b in spans)
+            named = _unique(
+                name
+                for a, b in spans
+                for name in self.products.get(label[a:b].lower()) or (label[a:b],)
+            )
+            if named:
+                return named
         return tuple(d for d in displays if d)[:1]
 
 
 def _unique(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
-
-
-def _whole_word(phrase: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<![a-z0-9]){re.escape(phrase)}(?![a-z0-9])")
 
 
 def synonym_pattern(synonyms: tuple[str, ...]) -> re.Pattern[str] | None:
@@ -126,8 +131,8 @@ def index_valueset(data: dict[str, Any]) -> ValueSetIndex:
         for ext in data.get("extension") or []
         if ext.get("url") == TEXT_SYNONYM_URL and ext.get("valueString")
     )
-    display_text = " | ".join(displays.values()).lower()
-    named = tuple(s for s in synonyms if _whole_word(s).search(display_text))
+    products = _products(data, synonyms)
+    named = tuple(s for s in synonyms if s not in products)
     return ValueSetIndex(
         url=str(data["url"]),
         title=str(data.get("title") or data.get("name") or data["url"]),
@@ -136,7 +141,35 @@ def index_valueset(data: dict[str, Any]) -> ValueSetIndex:
         synonyms=synonyms,
         pattern=synonym_pattern(synonyms),
         ingredients=synonym_pattern(named),
+        products=products,
     )
+
+
+def _products(data: dict[str, Any], synonyms: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """The ``synonym-ingredient`` marks: brand or combination synonym → its ingredients."""
+    url = str(data.get("url"))
+    products: dict[str, tuple[str, ...]] = {}
+    for ext in data.get("extension") or []:
+        if ext.get("url") != SYNONYM_INGREDIENT_URL:
+            continue
+        parts = [
+            (p.get("url"), str(p.get("valueString", "")).lower())
+            for p in ext.get("extension") or []
+        ]
+        names = [value for key, value in parts if key == "synonym"]
+        ingredients = tuple(value for key, value in parts if key == "ingredient")
+        if len(names) != 1 or names[0] not in synonyms:
+            raise KnowledgeError(
+                f"ValueSet {url}: synonym-ingredient names no text synonym: {names}"
+            )
+        if names[0] in products and products[names[0]] != ingredients:
+            raise KnowledgeError(f"ValueSet {url}: synonym {names[0]!r} has two ingredient lists")
+        products[names[0]] = ingredients
+    for name, ingredients in products.items():
+        wrong = [i for i in ingredients if i not in synonyms or i in products]
+        if wrong:
+            raise KnowledgeError(f"ValueSet {url}: {name!r} stands for unknown ingredients {wrong}")
+    return products
 
 
 def index_valuesets(artifacts: dict[str, dict[str, Any]]) -> dict[str, ValueSetIndex]:

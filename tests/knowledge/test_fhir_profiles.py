@@ -20,6 +20,7 @@ BASE = "https://sleep-cds.example.org/fhir/"
 CS_URL = BASE + "CodeSystem/sleep-cds"
 SYNONYM_URL = BASE + "StructureDefinition/text-synonym"
 EVIDENCE_URL = BASE + "StructureDefinition/code-evidence"
+SYNONYM_INGREDIENT_URL = BASE + "StructureDefinition/synonym-ingredient"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ATC = "http://www.whocc.no/atc"
 LOINC = "http://loinc.org"
@@ -340,6 +341,34 @@ def test_union_expansion_equals_member_union(vs_id: str) -> None:
         expected_synonyms |= set(synonyms(valueset(member)))
     assert expansion_keys(vs) == expected_keys
     assert set(synonyms(vs)) == expected_synonyms
+    expected_products: set[tuple[str, tuple[str, ...]]] = set()
+    for member in members:
+        expected_products |= products(valueset(member))
+    assert products(vs) == expected_products
+
+
+def products(vs: dict[str, Any]) -> set[tuple[str, tuple[str, ...]]]:
+    """The synonym-ingredient marks: (brand or combination synonym, its ingredients)."""
+    found = set()
+    for ext in vs.get("extension", []):
+        if ext["url"] == SYNONYM_INGREDIENT_URL:
+            parts = ext["extension"]
+            (name,) = [p["valueString"] for p in parts if p["url"] == "synonym"]
+            found.add((name, tuple(p["valueString"] for p in parts if p["url"] == "ingredient")))
+    return found
+
+
+@pytest.mark.parametrize("vs_id", VALUESET_IDS)
+def test_brand_marks_name_synonyms_and_ingredients(vs_id: str) -> None:
+    """A brand or combination synonym is a text synonym, and stands for ingredient synonyms."""
+    vs = valueset(vs_id)
+    phrases = set(synonyms(vs))
+    marked = products(vs)
+    brands = {name for name, _ in marked}
+    assert len(brands) == len(marked), "a synonym with two ingredient lists"
+    for name, ingredients in marked:
+        assert name in phrases, name
+        assert set(ingredients) <= phrases - brands, (name, ingredients)
 
 
 @pytest.mark.parametrize("vs_id", VALUESET_IDS)
