@@ -1,7 +1,9 @@
 """Card text templates: Jinja2 in a sandbox, with every data value escaped for Markdown.
 
 Values such as drug names come from the EHR's free text; escaping them keeps card Markdown (and
-any HTML a client might render) exactly as the rule author wrote it.
+any HTML a client might render) exactly as the rule author wrote it. ``escape_markdown`` is the
+one escape every piece of FHIR free text passes on its way into a card's ``detail`` (the template
+finalizer here, and the evidence lines built from record labels).
 """
 
 from __future__ import annotations
@@ -16,11 +18,23 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 TEMPLATE_GLOBALS = ("patient_age",)
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|])")
+# Inline syntax anywhere: emphasis, code, links/images, raw HTML, tables, strikethrough, entity
+# references, headings. ":" and a "." before a letter break scheme and bare-domain autolinks
+# ("https://x", "www.x.org", "x.com"); "0.5 mg" keeps its dot. CommonMark lets any ASCII
+# punctuation be backslash-escaped, so each of these renders as itself.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&#!:@]|\.(?=[A-Za-z]))")
+# Block syntax that can only start a line: list items and setext underlines ("-", "+", "="),
+# ordered list items ("1." / "1)" then a space).
+_LINE_START = re.compile(r"^(\d{1,9}(?=[.)](?:\s|$))|(?=[-+=]))")
 
 
 def escape_markdown(text: str) -> str:
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    """``text`` as literal Markdown on one line: line breaks and runs of white space become one
+    space (no heading, list, quote, code block or hard break can start), and Markdown syntax,
+    raw HTML and autolinks are escaped. Rendered, it shows the same characters as ``text``."""
+    flat = " ".join(text.split())
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+    return _LINE_START.sub(r"\1\\", escaped, count=1)
 
 
 def _plain(value: Any) -> Any:
