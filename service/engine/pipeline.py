@@ -83,31 +83,43 @@ def render_query(template: str, call: HookCall) -> str:
     )
 
 
-def _unresolved_medication_refs(resources: list[Any]) -> list[str]:
+_MEDICATION_USERS = ("MedicationRequest", "MedicationStatement")
+
+
+def _medication_targets(resources: list[Any]) -> tuple[set[str], list[tuple[dict[str, Any], str]]]:
+    """(the ``Medication/id`` keys present, each (resource, reference) naming its drug by a
+    non-contained ``medicationReference`` instead of a code)."""
     have = {
         f"Medication/{r.get('id')}"
         for r in resources
         if isinstance(r, dict) and r.get("resourceType") == "Medication"
     }
-    refs: set[str] = set()
+    targets: list[tuple[dict[str, Any], str]] = []
     for resource in resources:
-        if not isinstance(resource, dict) or resource.get("resourceType") not in (
-            "MedicationRequest",
-            "MedicationStatement",
-        ):
+        if not isinstance(resource, dict) or resource.get("resourceType") not in _MEDICATION_USERS:
             continue
         if "medicationCodeableConcept" in resource:
             continue
         reference = resource.get("medicationReference")
         target = reference.get("reference") if isinstance(reference, dict) else None
-        if (
-            isinstance(target, str)
-            and target.startswith("Medication/")
-            and target.count("/") == 1
-            and target not in have
-        ):
-            refs.add(target)
-    return sorted(refs)
+        if isinstance(target, str) and not target.startswith("#"):
+            targets.append((resource, target))
+    return have, targets
+
+
+def _unresolved_medication_refs(resources: list[Any]) -> list[str]:
+    """Relative ``Medication/id`` references whose Medication nobody sent: these may be read."""
+    have, targets = _medication_targets(resources)
+    return sorted(
+        {t for _, t in targets if t.startswith("Medication/") and t.count("/") == 1} - have
+    )
+
+
+def _unreadable_medications(resources: list[Any]) -> int:
+    """Medication orders/statements whose drug is still unknown: a reference to a Medication
+    neither sent nor read (matched by its last two segments, as the record reader does)."""
+    have, targets = _medication_targets(resources)
+    return sum(1 for _, t in targets if "/".join(t.rstrip("/").split("/")[-2:]) not in have)
 
 
 class HookPipeline:
@@ -165,6 +177,10 @@ class HookPipeline:
                 )
         remaining = self.deadline_s - (time.monotonic() - started)
         resources.extend(await self._resolve_medications(call, resources, remaining))
+        if _unreadable_medications(resources):
+            # The drug of an order could not be read: a medication rule is not evaluable (a
+            # "no such drug" answer could be wrong), and the card detail says what is missing.
+            unavailable.add("medications")
         record = self.reader.read(
             call.patient_id,
             as_of,

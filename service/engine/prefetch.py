@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from service.knowledge import schema
 from service.knowledge.base import KnowledgeBase, iter_conditions
+from service.outcome import is_failed_outcome, is_operation_outcome
 
 PATIENT = "{{context.patientId}}"
 
@@ -27,13 +28,17 @@ _KEYS: dict[str, tuple[str, str]] = {
     ),
     "observations": ("observations", f"Observation?patient={PATIENT}&code="),
     "symptoms": ("symptoms", f"Observation?patient={PATIENT}&category=survey,exam"),
+    # _include: a drug coded only in a referenced Medication arrives in the same Bundle, so a
+    # prefetch without fhirServer can still name it.
     "medicationRequests": (
         "medications",
-        f"MedicationRequest?patient={PATIENT}&status=active,on-hold",
+        f"MedicationRequest?patient={PATIENT}&status=active,on-hold"
+        "&_include=MedicationRequest:medication",
     ),
     "medicationStatements": (
         "medications",
-        f"MedicationStatement?patient={PATIENT}&status=active,intended",
+        f"MedicationStatement?patient={PATIENT}&status=active,intended"
+        "&_include=MedicationStatement:medication",
     ),
     "journal": ("journal", f"QuestionnaireResponse?patient={PATIENT}&questionnaire="),
 }
@@ -133,16 +138,14 @@ class PrefetchRead:
     paged: list[str] = field(default_factory=list)
 
 
-def _is_outcome(value: object) -> bool:
-    return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
-
-
 def read_prefetch(keys: Iterable[str], prefetch: dict[str, Any] | None) -> PrefetchRead:
     """Apply the spec's prefetch semantics to each key the service asked for.
 
-    Absent → fetch it; ``null`` → searched, nothing found; an OperationOutcome (alone or inside a
-    Bundle) → the client failed, fetch it; a searchset Bundle → its entries; a resource → itself.
-    Anything else (a bare string, a list) is not what the template asks for: fetch it.
+    Absent → fetch it; ``null`` → searched, nothing found; an OperationOutcome alone, or one
+    inside a Bundle that reports an error (``service.outcome``) → the client failed, fetch it; a
+    searchset Bundle → its entries (warning/information outcomes dropped, as the FHIR client
+    does); a resource → itself. Anything else (a bare string, a list) is not what the template
+    asks for: fetch it.
     """
     read = PrefetchRead()
     given = prefetch or {}
@@ -153,7 +156,11 @@ def read_prefetch(keys: Iterable[str], prefetch: dict[str, Any] | None) -> Prefe
         value = given[key]
         if value is None:
             continue
-        if not isinstance(value, dict) or _is_outcome(value) or "resourceType" not in value:
+        if (
+            not isinstance(value, dict)
+            or is_operation_outcome(value)
+            or "resourceType" not in value
+        ):
             read.missing.append(key)
             continue
         if value.get("resourceType") != "Bundle":
@@ -165,10 +172,11 @@ def read_prefetch(keys: Iterable[str], prefetch: dict[str, Any] | None) -> Prefe
             for entry in (entries if isinstance(entries, list) else [])
             if isinstance(entry, dict)
         ]
-        if any(_is_outcome(r) for r in resources):
+        outcomes = [r for r in resources if is_operation_outcome(r)]
+        if any(is_failed_outcome(r) for r in outcomes):
             read.missing.append(key)
             continue
-        read.resources.extend(resources)
+        read.resources.extend(r for r in resources if not is_operation_outcome(r))
         links = value.get("link")
         if isinstance(links, list) and any(
             isinstance(link, dict) and link.get("relation") == "next" for link in links

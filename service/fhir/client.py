@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import orjson
 
+from service.outcome import is_failed_outcome
+
 __all__ = ["FetchResult", "FhirClient", "is_read_query", "make_http_client"]
 
 log = logging.getLogger(__name__)
@@ -318,20 +320,11 @@ def _searchset_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
         search = entry.get("search")
         mode = search.get("mode") if isinstance(search, dict) else None
         if resource["resourceType"] == "OperationOutcome" and mode in ("outcome", None):
-            if _is_failure(resource):
+            if is_failed_outcome(resource):
                 raise _Fail("operation-outcome")
             continue
         resources.append(resource)
     return resources
-
-
-def _is_failure(outcome: dict[str, Any]) -> bool:
-    issues = outcome.get("issue")
-    return isinstance(issues, list) and any(
-        isinstance(issue, dict)
-        and (issue.get("severity") in ("error", "fatal") or issue.get("code") == "not-supported")
-        for issue in issues
-    )
 
 
 def _next_link(bundle: dict[str, Any], current: httpx.URL) -> httpx.URL | None:
