@@ -28,22 +28,24 @@ _KEYS: dict[str, tuple[str, str]] = {
     ),
     "observations": ("observations", f"Observation?patient={PATIENT}&code="),
     "symptoms": ("symptoms", f"Observation?patient={PATIENT}&category=survey,exam"),
-    # _include: a drug coded only in a referenced Medication arrives in the same Bundle, so a
-    # prefetch without fhirServer can still name it.
     "medicationRequests": (
         "medications",
-        f"MedicationRequest?patient={PATIENT}&status=active,on-hold"
-        "&_include=MedicationRequest:medication",
+        f"MedicationRequest?patient={PATIENT}&status=active,on-hold",
     ),
     "medicationStatements": (
         "medications",
-        f"MedicationStatement?patient={PATIENT}&status=active,intended"
-        "&_include=MedicationStatement:medication",
+        f"MedicationStatement?patient={PATIENT}&status=active,intended",
     ),
     "journal": ("journal", f"QuestionnaireResponse?patient={PATIENT}&questionnaire="),
 }
 
 KEY_CATEGORY = {key: category for key, (category, _) in _KEYS.items()}
+# A drug coded only in a referenced Medication arrives in the same Bundle, so a prefetch without
+# fhirServer can still name it (appended last: the status list above may still grow).
+_INCLUDES = {
+    "medicationRequests": "&_include=MedicationRequest:medication",
+    "medicationStatements": "&_include=MedicationStatement:medication",
+}
 
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 
@@ -125,6 +127,7 @@ def templates_for(kb: KnowledgeBase, hook: str) -> dict[str, str]:
             template += kb.journal_url
         elif category == "medications" and _reads_completed(trees):
             template += ",completed"  # "given in the last N days" reads completed courses
+        template += _INCLUDES.get(key, "")
         templates[key] = template
     return templates
 
