@@ -287,6 +287,22 @@ class Program:
                 before,
                 f"medication_before_finding {drugs.title}",
             )
+        if isinstance(node, schema.RenalDoseCond):
+            dose = node.renal_dose
+            key = ("renal_dose", _freeze(dose.model_dump()))
+            patterns = tuple(
+                (drug, synonym_pattern(drug.match), synonym_pattern(drug.exclude))
+                for drug in dose.drugs
+            )
+            scale = kb.analytes[dose.analyte].conversions[dose.unit]
+            return self._make(
+                key,
+                Evaluator._renal_dose,
+                (),
+                dose,
+                f"renal_dose {kb.valuesets[dose.medication].title}",
+                (patterns, scale),
+            )
         if isinstance(node, schema.DraftOrderCond):
             draft = node.draft_order
             valueset = kb.valuesets[draft.valueset]
@@ -808,6 +824,72 @@ class Evaluator:
             return self._result(label, None, "data could not be read")
         return self._result(label, False)
 
+    def _renal_dose(self, node: Node) -> Result:
+        """Each listed drug on record against its renal limit for the newest kidney result."""
+        spec: schema.RenalDoseSpec = node.spec
+        patterns, scale = node.data
+        meds = self._in_class("medication", self.record.medications, spec.medication, None)
+        matched = []
+        for med in meds:
+            text = f"{med.concept.text} | {med.concept.label.lower()}"
+            for drug, include, exclude in patterns:
+                if include.search(text) and not (exclude is not None and exclude.search(text)):
+                    matched.append((med, drug))
+                    break
+        if not matched:
+            if self._unavailable("medications"):
+                return self._result(node.label, None, "medications could not be read")
+            return self._result(node.label, False)
+        kidney, _ = self._newest(spec.analyte, spec.within_days)
+        if kidney is None and self._unavailable("observations"):
+            return self._result(node.label, None, "lab results could not be read")
+        shown_unit = self.kb.show_unit(spec.unit)
+        lines: list[str] = []
+        evidence: list[Evidence] = []
+        above = False
+        for med, drug in matched:
+            name = med.concept.label
+            dose = f"{_fmt(med.daily_mg)} mg/day" if med.daily_mg is not None else None
+            if kidney is None:
+                line = (
+                    f"{name}: renal limit not checked (no {self.kb.analytes[spec.analyte].display}"
+                    f" in the last {spec.within_days} days)"
+                )
+            else:
+                level = kidney.value / scale
+                if kidney.comparator in ("<", "<="):
+                    level -= 1e-9  # "<15" lies in the band below 15
+                limit = next(b for b in drug.limits if b.below is None or level < b.below)
+                where = (
+                    f"the renal limit of {_fmt(limit.max_daily_mg)} mg/day for "
+                    f"{self.kb.analytes[spec.analyte].display} "
+                    f"{kidney.comparator or ''}{_fmt(kidney.value / scale)} {shown_unit}"
+                )
+                if dose is None:
+                    line = f"{name}: dose not on record; {where}"
+                elif med.daily_mg is not None and med.daily_mg > limit.max_daily_mg:
+                    above = True
+                    line = f"{name} {dose} is above {where}"
+                else:
+                    line = f"{name} {dose} is within {where}"
+                line += f" ({drug.source})"
+            lines.append(line)
+            evidence.append(
+                Evidence(
+                    "dose",
+                    escape_markdown(line),
+                    f"dose:{med.ref}:{med.daily_mg}:{kidney.ref if kidney else ''}",
+                    med.ref,
+                )
+            )
+        value = above or not spec.exceeds_only
+        result = self._result(node.label, value, "; ".join(lines))
+        if value:
+            result.evidence = evidence
+            if spec.as_:
+                result.bindings[spec.as_] = {"lines": "; ".join(lines), "above": above}
+        return result
+
     def _draft(self, node: Node) -> Result:
         spec: schema.DraftOrderSpec = node.spec
         label = node.label
@@ -952,6 +1034,9 @@ def _kind_label(finding: Finding) -> str:
     ]
 
 
+_Compiled = tuple[schema.Rule, Node, tuple[Node, ...], tuple[Node, ...]]
+
+
 class RuleEngine:
     """Runs the rules of one hook against a record; knowledge is shared, state is per call.
 
@@ -965,17 +1050,22 @@ class RuleEngine:
         self._populations = {
             name: self.program.node(spec.when) for name, spec in kb.policy.populations.items()
         }
-        self._rules: dict[str, tuple[tuple[schema.Rule, Node, tuple[Node, ...]], ...]] = {}
+        self._rules: dict[str, tuple[_Compiled, ...]] = {}
         for hook in get_args(schema.Hook):
             self._rules_for(hook)
 
-    def _rules_for(self, hook: str) -> tuple[tuple[schema.Rule, Node, tuple[Node, ...]], ...]:
-        """The hook's rules with their compiled conditions."""
+    def _rules_for(self, hook: str) -> tuple[_Compiled, ...]:
+        """The hook's rules with their compiled conditions (when, escalations, context)."""
         rules = self._rules.get(hook)
         if rules is None:
             node = self.program.node
             rules = self._rules[hook] = tuple(
-                (rule, node(rule.when), tuple(node(e.when) for e in rule.card.escalate))
+                (
+                    rule,
+                    node(rule.when),
+                    tuple(node(e.when) for e in rule.card.escalate),
+                    tuple(node(c) for c in rule.card.context),
+                )
                 for rule in self.kb.rules_for(hook)
             )
         return rules
@@ -1010,7 +1100,7 @@ class RuleEngine:
         age = record.age_years
         paediatric = age is not None and age < self.kb.policy.adult_age_years
         outcomes: list[RuleOutcome] = []
-        for rule, when, escalations in self._rules_for(hook):
+        for rule, when, escalations, contexts in self._rules_for(hook):
             if (rule.population == "adult" and paediatric) or (
                 rule.population == "pediatric" and not paediatric
             ):
@@ -1053,13 +1143,20 @@ class RuleEngine:
                     # What made the card more urgent is evidence too (and part of its key).
                     known = {e.key for e in evidence}
                     evidence += [e for e in escalated.evidence if e.key not in known]
+            bindings = result.bindings
+            for context_node in contexts:
+                extra = evaluator._eval(context_node)
+                if extra.value is True:
+                    bindings = {**bindings, **extra.bindings}
+                    known = {e.key for e in evidence}
+                    evidence += [e for e in extra.evidence if e.key not in known]
             outcomes.append(
                 RuleOutcome(
                     rule,
                     "fired",
                     indicator=indicator,
                     evidence=evidence,
-                    bindings=result.bindings,
+                    bindings=bindings,
                     trace=result.trace,
                 )
             )

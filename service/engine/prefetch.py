@@ -76,6 +76,9 @@ def _needs(node: schema.Condition) -> tuple[set[str], set[str]]:
             analytes.add(item.lab_missing.analyte)
         elif isinstance(item, schema.MedicationCond):
             categories.add("medications")
+        elif isinstance(item, schema.RenalDoseCond):
+            categories.update({"medications", "observations"})
+            analytes.add(item.renal_dose.analyte)
         elif isinstance(item, schema.MedicationBeforeFindingCond):
             categories.update({"medications", "conditions", "symptoms", "journal"})
         elif isinstance(item, schema.JournalCond):
@@ -102,6 +105,7 @@ def templates_for(kb: KnowledgeBase, hook: str) -> dict[str, str]:
     for rule in rules:
         trees.append(rule.when)
         trees.extend(e.when for e in rule.card.escalate)
+        trees.extend(rule.card.context)
         trees.extend(kb.policy.populations[name].when for name in rule.exclude_populations)
     if any(r.requires_complaint for r in rules):
         trees.append(kb.policy.complaint)

@@ -93,6 +93,8 @@ class MedicationUse:
     started: date | None
     last: date | None = None
     """The latest date the record gives for a completed course (its end, else its start)."""
+    daily_mg: float | None = None
+    """Total daily dose in mg from the structured dosage, when every part of it is readable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -691,7 +693,10 @@ class RecordReader:
                 MedicationUse(_ref(resource), concept, started, last)
             )
             return
-        record.medications.append(MedicationUse(_ref(resource), concept, started))
+        dosages = resource.get("dosageInstruction" if kind == "MedicationRequest" else "dosage")
+        record.medications.append(
+            MedicationUse(_ref(resource), concept, started, daily_mg=daily_mg(dosages, concept))
+        )
         # The indication of an active medicine is a condition the patient has: Tylenol PM
         # "for restless legs" (the FHIR MedicationStatement example) documents RLS.
         reasons = resource.get("reasonCode")
@@ -792,6 +797,78 @@ class RecordReader:
                                 self._answers(answer["item"], out, depth + 1)
             if "item" in item:  # most items have no children: skip the call
                 self._answers(item["item"], out, depth + 1)
+
+
+# Dose units: UCUM codes and common spellings → mg. Counts (tablet, capsule) use the strength in
+# the product name ("gabapentin 300 MG Oral Capsule"). FHIR/UCUM unit semantics, not clinical
+# knowledge.
+_MASS_MG = {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001, "µg": 0.001}
+_COUNT_UNITS = frozenset(
+    ("1", "{tbl}", "{tablet}", "tablet", "tablets", "tab")
+    + ("{capsule}", "capsule", "capsules", "cap")
+)
+_PER_DAY = {"h": 24.0, "d": 1.0, "wk": 1 / 7, "mo": 1 / 30}
+_STRENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*mg\b")
+_MAX_DOSAGES = 6
+
+
+def daily_mg(dosages: object, concept: Concept) -> float | None:
+    """The total daily dose in mg of structured dosage instructions; None when any part is
+    missing or not exact (as-needed, a range, a rate, an unknown unit or timing)."""
+    if not isinstance(dosages, list) or not dosages or len(dosages) > _MAX_DOSAGES:
+        return None
+    total = 0.0
+    for dosage in dosages:
+        if not isinstance(dosage, dict) or dosage.get("asNeededBoolean") is True:
+            return None
+        rates = dosage.get("doseAndRate")
+        first = rates[0] if isinstance(rates, list) and len(rates) == 1 else None
+        quantity = first.get("doseQuantity") if isinstance(first, dict) else None
+        if not isinstance(quantity, dict):
+            return None
+        amount = _number(quantity.get("value"))
+        unit = quantity.get("code") or quantity.get("unit")
+        per_day = _times_per_day(dosage.get("timing"))
+        if amount is None or per_day is None or not isinstance(unit, str):
+            return None
+        mg = _dose_mg(amount, unit.strip(), concept)
+        if mg is None:
+            return None
+        total += mg * per_day
+    return total
+
+
+def _dose_mg(amount: float, unit: str, concept: Concept) -> float | None:
+    factor = _MASS_MG.get(unit.lower())
+    if factor is not None:
+        return amount * factor
+    if unit.lower() in _COUNT_UNITS:
+        strengths = set(_STRENGTH.findall(concept.text))
+        if len(strengths) == 1:
+            return amount * float(strengths.pop())
+    return None
+
+
+# HL7 v3 GTSAbbreviation timing codes (the FHIR timing-abbreviation ValueSet) → times a day.
+_TIMING_CODES = {"QD": 1.0, "AM": 1.0, "PM": 1.0, "BID": 2.0, "TID": 3.0, "QID": 4.0}
+
+
+def _times_per_day(timing: object) -> float | None:
+    if not isinstance(timing, dict):
+        return None
+    repeat = timing.get("repeat")
+    if not isinstance(repeat, dict):
+        codes = [c for c in _codes(timing.get("code")) if c in _TIMING_CODES]
+        return _TIMING_CODES[codes[0]] if len(codes) == 1 else None
+    frequency = repeat.get("frequency", 1)
+    period = repeat.get("period")
+    unit = repeat.get("periodUnit")
+    if repeat.get("frequencyMax") is not None or repeat.get("periodMax") is not None:
+        return None  # a range ("1-2 times a day") has no single daily dose
+    number, length = _number(frequency), _number(period)
+    if number is None or length is None or length <= 0 or unit not in _PER_DAY:
+        return None
+    return number * _PER_DAY[unit] / length
 
 
 def _bounds_end(dosages: object) -> date | None:

@@ -107,7 +107,15 @@ def _bindings(node: schema.Condition) -> dict[str, str]:
     """Binding name → operator, for template and suggestion checks."""
     names: dict[str, str] = {}
     for item in iter_conditions(node):
-        for op_name in ("finding", "lab", "lab_missing", "medication", "draft_order", "journal"):
+        for op_name in (
+            "finding",
+            "lab",
+            "lab_missing",
+            "medication",
+            "renal_dose",
+            "draft_order",
+            "journal",
+        ):
             spec = getattr(item, op_name, None)
             if spec is not None and spec.as_:
                 names[spec.as_] = op_name
@@ -154,6 +162,15 @@ class _Checker:
                     f"{where} field 'medication_before_finding.medication'", spec.medication
                 )
                 self.valueset(f"{where} field 'medication_before_finding.finding'", spec.finding)
+            elif isinstance(item, schema.RenalDoseCond):
+                dose = item.renal_dose
+                self.valueset(f"{where} field 'renal_dose.medication'", dose.medication)
+                self.analyte(where, dose.analyte)
+                if dose.unit not in self.analytes[dose.analyte].conversions:
+                    raise KnowledgeError(
+                        f"{where} field 'renal_dose.unit': {dose.unit!r} is not a known unit of "
+                        f"{dose.analyte}"
+                    )
             elif isinstance(item, schema.DraftOrderCond):
                 self.valueset(f"{where} field 'draft_order.valueset'", item.draft_order.valueset)
                 if item.draft_order.exclude_valueset:
@@ -200,6 +217,9 @@ def _check_rule(path: Path, rule: schema.Rule, checker: _Checker, kb: dict[str, 
     for i, esc in enumerate(rule.card.escalate):
         checker.condition(f"{path}: field 'card.escalate.{i}.when'", esc.when)
     bindings = _bindings(rule.when)
+    for i, extra in enumerate(rule.card.context):
+        checker.condition(f"{path}: field 'card.context.{i}'", extra)
+        bindings.update(_bindings(extra))
     _check_templates(path, rule, bindings)
     for i, sug in enumerate(rule.suggestions):
         for order in sug.orders:

@@ -85,6 +85,51 @@ class MedicationBeforeFindingSpec(_Strict):
     max_days: int = Field(ge=0)
 
 
+class RenalLimit(_Strict):
+    """The highest daily dose while the kidney function is below ``below`` (the first band that
+    applies wins; bands are listed from the lowest kidney function up)."""
+
+    below: float | None = None
+    """Upper bound of the band (exclusive); ``None`` for the top band."""
+    max_daily_mg: float = Field(gt=0)
+
+
+class RenalDrug(_Strict):
+    """One drug of a class with its renal dose limits and where they come from."""
+
+    name: str
+    match: tuple[str, ...] = Field(min_length=1)
+    """Lower-case ingredient and brand names looked for in the medication's text and displays."""
+    exclude: tuple[str, ...] = ()
+    """Names of a related product with other limits (gabapentin enacarbil is not gabapentin)."""
+    limits: tuple[RenalLimit, ...] = Field(min_length=1)
+    source: str
+
+    @model_validator(mode="after")
+    def _bands_ascend(self) -> RenalDrug:
+        bounds = [b.below for b in self.limits]
+        if bounds[-1] is not None or any(b is None for b in bounds[:-1]):
+            raise ValueError("only the last band may be open (below: null) and it must be")
+        numbers = [b for b in bounds if b is not None]
+        if numbers != sorted(numbers):
+            raise ValueError("bands must be listed from the lowest kidney function up")
+        return self
+
+
+class RenalDoseSpec(_Strict):
+    """Active drugs of the class compared with their renal dose limit for the newest kidney
+    function result. True when a listed drug is active (``exceeds_only``: only when a recorded
+    daily dose is above the limit); the binding says, per drug, above / within / not on record."""
+
+    medication: str
+    analyte: str
+    unit: str
+    within_days: int = Field(ge=1)
+    drugs: tuple[RenalDrug, ...] = Field(min_length=1)
+    exceeds_only: bool = False
+    as_: str | None = Field(default=None, alias="as")
+
+
 class DraftOrderSpec(_Strict):
     """A draft order of the order hooks (only ``selections`` at order-select) in a ValueSet."""
 
@@ -127,6 +172,10 @@ class MedicationCond(_Strict):
 
 class MedicationBeforeFindingCond(_Strict):
     medication_before_finding: MedicationBeforeFindingSpec
+
+
+class RenalDoseCond(_Strict):
+    renal_dose: RenalDoseSpec
 
 
 class DraftOrderCond(_Strict):
@@ -181,6 +230,7 @@ _OPERATORS: dict[str, type[Any]] = {
     "lab_missing": LabMissingCond,
     "medication": MedicationCond,
     "medication_before_finding": MedicationBeforeFindingCond,
+    "renal_dose": RenalDoseCond,
     "draft_order": DraftOrderCond,
     "journal": JournalCond,
     "age": AgeCond,
@@ -208,6 +258,7 @@ Condition = Annotated[
     | Annotated[LabMissingCond, Tag("lab_missing")]
     | Annotated[MedicationCond, Tag("medication")]
     | Annotated[MedicationBeforeFindingCond, Tag("medication_before_finding")]
+    | Annotated[RenalDoseCond, Tag("renal_dose")]
     | Annotated[DraftOrderCond, Tag("draft_order")]
     | Annotated[JournalCond, Tag("journal")]
     | Annotated[AgeCond, Tag("age")],
@@ -216,7 +267,7 @@ Condition = Annotated[
         custom_error_type="unknown_operator",
         custom_error_message="a condition must be a mapping with exactly one operator key: "
         "all, any, not, at_least, finding, lab, lab_missing, medication, "
-        "medication_before_finding, draft_order, journal, age",
+        "medication_before_finding, renal_dose, draft_order, journal, age",
     ),
 ]
 
@@ -250,6 +301,9 @@ class Escalation(_Strict):
 class CardSpec(_Strict):
     indicator: Indicator
     escalate: tuple[Escalation, ...] = ()
+    context: tuple[Condition, ...] = ()
+    """Evaluated only once the rule fires, never gating it: each one that holds adds its
+    bindings and evidence (the dose of a drug on record, when there is one)."""
     summary: str = Field(min_length=1)
     detail: str = Field(min_length=1)
     priority: int = 50

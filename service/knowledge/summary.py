@@ -48,6 +48,23 @@ def describe(node: schema.Condition, kb: KnowledgeBase) -> str:
             f"{kb.valuesets[mbf.medication].title} started at most {mbf.max_days} days before "
             f"{kb.valuesets[mbf.finding].title} began"
         )
+    if isinstance(node, schema.RenalDoseCond):
+        dose = node.renal_dose
+        limits = "; ".join(
+            f"{drug.name}: "
+            + ", ".join(
+                (f"under {b.below:g}" if b.below is not None else "otherwise")
+                + f" at most {b.max_daily_mg:g} mg/day"
+                for b in drug.limits
+            )
+            + f" ({drug.source})"
+            for drug in dose.drugs
+        )
+        what = "a recorded daily dose above" if dose.exceeds_only else "compared with"
+        return (
+            f"active {kb.valuesets[dose.medication].title} with {what} the renal limit for the "
+            f"newest {kb.analytes[dose.analyte].display} within {dose.within_days} days ({limits})"
+        )
     if isinstance(node, schema.DraftOrderCond):
         return f"a draft order for {kb.valuesets[node.draft_order.valueset].title}"
     if isinstance(node, schema.JournalCond):
@@ -110,6 +127,7 @@ def rules_markdown(kb: KnowledgeBase) -> str:
             f"- **Fires when:** {describe(rule.when, kb)}",
             f"- **Indicator:** {rule.card.indicator}"
             + "".join(f"; {e.indicator} when {describe(e.when, kb)}" for e in rule.card.escalate),
+            *[f"- **Also shows:** {describe(c, kb)}" for c in rule.card.context],
             f"- **Summary:** {rule.card.summary}",
         ]
         if rule.suggestions:

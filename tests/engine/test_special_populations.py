@@ -175,3 +175,89 @@ def test_an_unconvertible_unit_is_reported_not_treated_as_missing() -> None:
     texts = [e.text for e in studies.evidence]
     assert any("ignored because its unit (pmol/L) cannot be converted" in t for t in texts), texts
     assert not any("No Ferritin result on file" in t for t in texts)
+
+
+def _dosage(value: float, unit: str, **timing: Any) -> dict[str, Any]:
+    return {"timing": timing, "doseAndRate": [{"doseQuantity": {"value": value, "code": unit}}]}
+
+
+@pytest.mark.parametrize(
+    ("dosages", "expected"),
+    [
+        ([_dosage(600, "mg", repeat={"frequency": 3, "period": 1, "periodUnit": "d"})], 1800),
+        ([_dosage(2, "{capsule}", repeat={"frequency": 1, "period": 12, "periodUnit": "h"})], 1200),
+        ([_dosage(0.3, "g", code={"coding": [{"code": "TID"}]})], 900),
+        (
+            [
+                _dosage(300, "mg", repeat={"frequency": 1, "period": 1, "periodUnit": "d"}),
+                _dosage(600, "mg", repeat={"frequency": 1, "period": 1, "periodUnit": "d"}),
+            ],
+            900,
+        ),
+        ([{"text": "take as directed"}], None),
+        (
+            [
+                _dosage(
+                    300,
+                    "mg",
+                    repeat={"frequency": 1, "frequencyMax": 3, "period": 1, "periodUnit": "d"},
+                )
+            ],
+            None,
+        ),
+        (
+            [
+                _dosage(300, "mg", repeat={"frequency": 3, "period": 1, "periodUnit": "d"})
+                | {"asNeededBoolean": True}
+            ],
+            None,
+        ),
+        ([_dosage(5, "mL", repeat={"frequency": 3, "period": 1, "periodUnit": "d"})], None),
+    ],
+)
+def test_daily_dose_is_read_only_when_every_part_is_exact(
+    dosages: list[dict[str, Any]], expected: float | None
+) -> None:
+    resource = {
+        "resourceType": "MedicationRequest",
+        "id": "g",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {"text": "gabapentin 300 MG Oral Capsule"},
+        "dosageInstruction": dosages,
+    }
+    (med,) = record(resource).medications
+    assert med.daily_mg == expected
+
+
+@pytest.mark.parametrize(
+    ("egfr", "daily", "indicator", "words"),
+    [
+        (25, 1800, "warning", "1800 mg/day is above the renal limit of 700 mg/day"),
+        (25, 600, "info", "600 mg/day is within the renal limit of 700 mg/day"),
+        (10, 600, "warning", "above the renal limit of 300 mg/day"),
+        (70, 3000, "info", "within the renal limit of 3600 mg/day"),
+        (40, None, "info", "dose not on record; the renal limit of 1400 mg/day"),
+    ],
+)
+def test_gabapentin_dose_is_compared_with_the_band_of_the_newest_egfr(
+    egfr: float, daily: float | None, indicator: str, words: str
+) -> None:
+    dosage = (
+        [_dosage(daily, "mg", repeat={"frequency": 1, "period": 1, "periodUnit": "d"})]
+        if daily
+        else [{"text": "as directed"}]
+    )
+    resource = {
+        "resourceType": "MedicationStatement",
+        "id": "g",
+        "status": "active",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {"text": "Neurontin (gabapentin)"},
+        "dosage": dosage,
+    }
+    rec = record(resource, condition("ckd", "N18.4"), lab("e", "98979-8", egfr, "mL/min/{1.73_m2}"))
+    outcome = fired(rec)["ckd-rls"]
+    assert outcome.indicator == indicator
+    assert any(words in e.text for e in outcome.evidence), [e.text for e in outcome.evidence]
