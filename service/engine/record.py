@@ -804,8 +804,10 @@ class RecordReader:
 # knowledge.
 _MASS_MG = {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001, "µg": 0.001}
 _COUNT_UNITS = frozenset(
-    ("1", "{tbl}", "{tablet}", "tablet", "tablets", "tab")
-    + ("{capsule}", "capsule", "capsules", "cap")
+    [
+        *("1", "{tbl}", "{tablet}", "tablet", "tablets", "tab"),
+        *("{capsule}", "capsule", "capsules", "cap"),
+    ]
 )
 _PER_DAY = {"h": 24.0, "d": 1.0, "wk": 1 / 7, "mo": 1 / 30}
 _STRENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*mg\b")
