@@ -236,6 +236,10 @@ def _check_rule(path: Path, rule: schema.Rule, checker: _Checker, kb: dict[str, 
                 f"{path}: field 'suggestions.{i}.remove_draft': {sug.remove_draft!r} must name "
                 "a draft_order binding"
             )
+    if rule.population != "all" and not rule.population_note:
+        raise KnowledgeError(
+            f"{path}: field 'population_note': a rule for {rule.population} only must say why"
+        )
     for name in rule.exclude_populations:
         if name not in kb["policy"].populations:
             raise KnowledgeError(

@@ -81,8 +81,7 @@ def describe(node: schema.Condition, kb: KnowledgeBase) -> str:
 def _population_lines(rule: schema.Rule) -> list[str]:
     lines = []
     if rule.population == "adult":
-        why = rule.population_note or "not stated (review: should this rule apply to children?)"
-        lines.append(f"- **Adults only:** {why}")
+        lines.append(f"- **Adults only:** {rule.population_note}")
     elif rule.population == "pediatric":
         lines.append(f"- **Children only:** {rule.population_note or 'not stated'}")
     elif rule.population_note:

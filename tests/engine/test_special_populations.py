@@ -261,3 +261,18 @@ def test_gabapentin_dose_is_compared_with_the_band_of_the_newest_egfr(
     outcome = fired(rec)["ckd-rls"]
     assert outcome.indicator == indicator
     assert any(words in e.text for e in outcome.evidence), [e.text for e in outcome.evidence]
+
+
+def test_an_adult_only_rule_must_say_why(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    import yaml
+
+    target = tmp_path / "knowledge"
+    shutil.copytree(SETTINGS.knowledge_dir, target)
+    path = target / "rules" / "low-magnesium.yaml"
+    data = yaml.safe_load(path.read_text())
+    del data["population_note"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(KnowledgeError, match="population_note"):
+        load_knowledge(SETTINGS.fhir_profiles_dir, target)
