@@ -133,6 +133,7 @@ def test_adding_a_rule_needs_no_python(knowledge_copy: Path) -> None:
         "description": "Example rule written only as data.",
         "hooks": ["patient-view"],
         "topic": "lab-check",
+        "population_note": "Adult B12 limit.",
         "sources": [{"label": "Example", "url": "https://example.org"}],
         "review": {"status": "draft"},
         "when": {
