@@ -146,11 +146,21 @@ def launch_code(
 
 @contextlib.contextmanager
 def running_launcher(
-    built: Path, fhir_url: str, *, port: int | None = None, ready_timeout_s: float = 60
+    built: Path,
+    fhir_url: str,
+    *,
+    port: int | None = None,
+    token_lifetime_min: float | None = None,
+    ready_timeout_s: float = 60,
 ) -> Iterator[Launcher]:
-    """Run the built launcher on loopback in front of ``fhir_url``; stop it on exit."""
+    """Run the built launcher on loopback in front of ``fhir_url``; stop it on exit.
+
+    ``token_lifetime_min`` shortens its access tokens (default 60 minutes), for expiry tests.
+    """
     chosen = port or free_port()
+    lifetime = {"ACCESS_TOKEN_LIFETIME": str(token_lifetime_min)} if token_lifetime_min else {}
     env = {
+        **lifetime,
         **os.environ,
         "NODE_ENV": "production",
         "HOST": "127.0.0.1",

@@ -375,7 +375,9 @@
       return;
     }
     var last = nights[nights.length - 1].night;
+    // Two weeks at least (the week-over-week comparison), four at most.
     var first = nights[0].night > addDays(last, -27) ? nights[0].night : addDays(last, -27);
+    if (first > addDays(last, -13)) { first = addDays(last, -13); }
     var days = [];
     for (var day = first; day <= last; day = addDays(day, 1)) { days.push(day); }
     var byDay = {};

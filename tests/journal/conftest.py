@@ -4,6 +4,7 @@ that SEKMET, built once per test session in a temporary copy (never in the repos
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,14 @@ from tests.console.conftest import (  # noqa: F401  (fixtures re-used by name)
 
 @pytest.fixture(scope="session")
 def launcher_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``npm ci`` + ``npm run build`` of a copy of the launcher, once per session (~1 minute)."""
+    """``npm ci`` + ``npm run build`` of a copy of the launcher, once per session (~1 minute).
+
+    ``CDS_TEST_LAUNCHER_BUILT`` names a copy already built this way (a CI cache, or a developer's
+    repeated runs) and skips the build.
+    """
+    built = os.environ.get("CDS_TEST_LAUNCHER_BUILT")
+    if built and (Path(built) / "build" / "index.html").is_file():
+        return Path(built)
     why = node_missing()
     if why:
         pytest.skip(f"the SMART App Launcher needs Node.js and npm: {why}")
