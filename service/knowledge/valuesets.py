@@ -54,13 +54,11 @@ class ValueSetIndex:
         ingredients of a brand in it ("Zoloft" → sertraline), else the brand as the record
         writes it. Empty when nothing names it.
         """
-        ingredients = self.ingredients
         displays = [self.displays.get(key, "") for key in codings if key in self.codes]
-        if ingredients is not None:
-            for source in (*displays, text):
-                found = _unique(ingredients.findall(source.lower()))
-                if found:
-                    return found
+        for source in (*displays, text):
+            found = self._ingredients_in(source.lower())
+            if found:
+                return found
         if self.pattern is not None and label:
             spans = [m.span() for m in self.pattern.finditer(label.lower())]
             named = _unique(
@@ -71,6 +69,20 @@ class ValueSetIndex:
             if named:
                 return named
         return tuple(d for d in displays if d)[:1]
+
+    def _ingredients_in(self, text: str) -> tuple[str, ...]:
+        """Ingredient names in the text, else the ingredients of the brands or other names of
+        them it contains ("salbutamol" → albuterol)."""
+        if not text:
+            return ()
+        if self.ingredients is not None:
+            found = _unique(self.ingredients.findall(text))
+            if found:
+                return found
+        if self.pattern is None or not self.products:
+            return ()
+        products = self.products
+        return _unique(i for m in self.pattern.findall(text) for i in products.get(m, ()))
 
 
 def _unique(names: Iterable[str]) -> tuple[str, ...]:
