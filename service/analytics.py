@@ -11,8 +11,13 @@ Numbers per level (overall, topic, rule) and per ISO week (by the week the card 
 * ``shown``, ``accepted``, ``overridden``, ``noFeedback`` (shown - accepted - overridden);
 * ``acceptanceRate`` = accepted / shown (null when nothing was shown);
 * ``topOverrideReasons``: the three most frequent override reason codes (null: no reason given);
-* ``medianSecondsToDecision``: median of (outcome time - shown time) over cards with feedback,
-  clamped at 0 (EHR and service clocks differ a little).
+* ``medianSecondsToDecision``: median of (decision time - shown time) over cards with feedback.
+  The decision time is the client's ``outcomeTimestamp`` clamped to [card issued, feedback
+  received] (``feedback_item.decided_at``), so a wrong client clock cannot skew it; timestamps
+  more than 5 min off are refused at the feedback endpoint and never stored.
+
+A hook JWT sees only the cards issued to its own issuer and tenant; the admin token (and local
+mode) sees every card.
 
 Nothing here reads patient ids or override comments: the report holds no PHI. The query streams
 one row per card shown (five short columns); the period is limited to ``MAX_PERIOD_DAYS``.
@@ -116,19 +121,22 @@ class CardRow:
     reason_code: str | None = None
 
 
-def _statement(start: datetime, end: datetime) -> Any:
+def _statement(start: datetime, end: datetime, scope: tuple[str, str] | None = None) -> Any:
     in_period = and_(CardShown.shown_at >= start, CardShown.shown_at < end)
+    if scope is not None:
+        in_period = and_(in_period, CardShown.issuer == scope[0], CardShown.tenant == scope[1])
+    decided = func.coalesce(FeedbackItem.decided_at, FeedbackItem.outcome_at)
     ranked = (
         select(
             FeedbackItem.card_uuid.label("card_uuid"),
             FeedbackItem.outcome.label("outcome"),
-            FeedbackItem.outcome_at.label("outcome_at"),
+            decided.label("outcome_at"),
             FeedbackItem.override_reason_code.label("reason_code"),
             func.row_number()
             .over(
                 partition_by=FeedbackItem.card_uuid,
                 order_by=(
-                    FeedbackItem.outcome_at.desc(),
+                    decided.desc(),
                     FeedbackItem.received_at.desc(),
                     FeedbackItem.id.desc(),
                 ),
@@ -153,11 +161,14 @@ def _statement(start: datetime, end: datetime) -> Any:
     )
 
 
-async def card_rows(db: Database, start: date, end: date) -> AsyncIterator[CardRow]:
-    """Stream the cards shown in [start, end) with their latest feedback."""
+async def card_rows(
+    db: Database, start: date, end: date, scope: tuple[str, str] | None = None
+) -> AsyncIterator[CardRow]:
+    """Stream the cards shown in [start, end) with their latest feedback; ``scope``: only the
+    cards issued to this (issuer, tenant), None for all."""
     async with db.sessions() as session:
         result = await session.stream(
-            _statement(_midnight(start), _midnight(end)).execution_options(yield_per=2000)
+            _statement(_midnight(start), _midnight(end), scope).execution_options(yield_per=2000)
         )
         async for topic, rules, shown_at, outcome, outcome_at, reason in result:
             yield CardRow(topic, rules, shown_at, outcome, outcome_at, reason)
@@ -272,10 +283,12 @@ def aggregate(rows: Iterable[CardRow], start: date, end: date) -> CardAnalytics:
     return report
 
 
-async def card_analytics(db: Database, start: date, end: date) -> CardAnalytics:
+async def card_analytics(
+    db: Database, start: date, end: date, scope: tuple[str, str] | None = None
+) -> CardAnalytics:
     """Query and aggregate the period [start, end), one streamed row at a time."""
     report = CardAnalytics(start, end)
-    async for row in card_rows(db, start, end):
+    async for row in card_rows(db, start, end, scope):
         _count(report, row)
     return report
 

@@ -1,9 +1,9 @@
 """``GET /analytics/cards``: card acceptance and override numbers for the governance committee.
 
-Off unless ``CDS_ANALYTICS_ENABLED`` (404 otherwise, as if it did not exist). With
-``CDS_ADMIN_TOKEN`` set it needs ``Authorization: Bearer <admin token>``; without one it needs the
-same authentication as the hooks (open in local mode). The report holds no PHI (see
-:mod:`service.analytics`).
+Off unless ``CDS_ANALYTICS_ENABLED`` (404 otherwise, as if it did not exist). The admin token
+(``CDS_ADMIN_TOKEN``) sees every issuer's figures; a hook JWT sees only the cards issued to its
+own issuer and tenant (one EHR never reads another's figures). Local mode is one scope: open,
+unless an admin token is set. The report holds no PHI (see :mod:`service.analytics`).
 """
 
 from __future__ import annotations
@@ -41,19 +41,29 @@ def _bearer(header: str | None) -> str | None:
     return value.strip()
 
 
-async def authorize_analytics(request: Request) -> None:
-    """404 when analytics is off; then the admin token, or the hooks' authentication."""
+async def authorize_analytics(request: Request) -> tuple[str, str] | None:
+    """404 when analytics is off; then whose figures: None (all) for the admin token or local
+    mode, else the (issuer, tenant) of the hook JWT presented."""
     settings = settings_of(request)
     if not settings.analytics_enabled:
         raise UnknownService("The analytics endpoint is not enabled")
-    if settings.admin_token:
-        presented = _bearer(request.headers.get("authorization"))
-        if presented is None:
-            raise AuthenticationFailed("analytics: no bearer token")
-        if not hmac.compare_digest(presented.encode(), settings.admin_token.encode()):
-            raise AuthenticationFailed("analytics: wrong admin token")
-        return
-    await authenticate(request)
+    presented = _bearer(request.headers.get("authorization"))
+    if (
+        settings.admin_token
+        and presented is not None
+        and hmac.compare_digest(presented.encode(), settings.admin_token.encode())
+    ):
+        return None
+    if settings.local_mode:
+        if settings.admin_token:
+            raise AuthenticationFailed(
+                "analytics: wrong admin token" if presented else "analytics: no bearer token"
+            )
+        return None
+    caller = await authenticate(request)
+    if caller is None:  # authenticate returns None only in local mode, handled above
+        return None
+    return (caller.iss, caller.tenant or "")
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -67,7 +77,6 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.get(
     "/analytics/cards",
-    dependencies=[Depends(authorize_analytics)],
     responses={
         200: {
             "description": "Card analytics (JSON, or CSV with format=csv)",
@@ -79,6 +88,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 async def card_analytics(
     request: Request,
+    scope: Annotated[tuple[str, str] | None, Depends(authorize_analytics)],
     start: Annotated[
         str | None, Query(alias="from", description="first day, YYYY-MM-DD (UTC)")
     ] = None,
@@ -95,7 +105,7 @@ async def card_analytics(
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
     try:
-        report = await analytics.card_analytics(request.app.state.db, begin, stop)
+        report = await analytics.card_analytics(request.app.state.db, begin, stop, scope)
     except Exception as exc:
         log.error(
             "analytics not read: database unavailable",
