@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from service.cli_analytics import register as register_analytics
 from service.cli_explain import register as register_explain
 from service.cli_hooks import register as register_hooks
+from service.cli_purge import register as register_purge
 from service.config import Settings, get_settings
 
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_hooks(sub)
     register_explain(sub)
     register_analytics(sub)
+    register_purge(sub)
     return parser
 
 
