@@ -27,7 +27,8 @@ _KEYS: dict[str, tuple[str, str]] = {
         f"Condition?patient={PATIENT}&clinical-status=active,recurrence,relapse",
     ),
     "observations": ("observations", f"Observation?patient={PATIENT}&code="),
-    "symptoms": ("symptoms", f"Observation?patient={PATIENT}&category=survey,exam"),
+    # social-history: US Core's pregnancy-status Observation (LOINC 82810-3) is filed there.
+    "symptoms": ("symptoms", f"Observation?patient={PATIENT}&category=survey,exam,social-history"),
     "medicationRequests": (
         "medications",
         f"MedicationRequest?patient={PATIENT}&status=active,on-hold",
