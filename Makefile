@@ -34,7 +34,7 @@ run: migrate ## serve on http://127.0.0.1:$(CDS_PORT)
 	@echo "Discovery: http://127.0.0.1:$(CDS_PORT)/cds-services"
 	$(BIN)/sleep-cds serve
 
-sandbox: install ## a real FHIR server with the demo patients, plus this service (Ctrl-C stops both)
+sandbox: install ## a real FHIR server with the demo patients, this service and (if present) the SMART launcher
 	$(BIN)/python -m service.sandbox
 
 test: install-test ## run the whole test suite

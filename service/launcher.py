@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.config import REPO_ROOT
-from service.sandbox import SandboxError, free_port, wait_http_ok
+from service.sandbox import SandboxError, free_port, port_in_use, wait_http_ok
 
 LAUNCHER_DIR_NAME = "smart-launcher-v2"
 _MARKER = ".sleep-cds-built"
@@ -199,3 +199,37 @@ def running_launcher(
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
+
+
+def start_for_sandbox(stack: contextlib.ExitStack, fhir_url: str, service_url: str) -> list[str]:
+    """Start the launcher for ``make sandbox`` when it can run here; return the banner lines
+    that say how to launch the journal app (or why the launcher is not running).
+
+    ``CDS_SANDBOX_LAUNCHER=0`` turns it off; ``CDS_SANDBOX_LAUNCHER_PORT`` (8093) picks the port;
+    the build is kept in ``var/smart-launcher`` (git-ignored) so it happens once.
+    """
+    if os.environ.get("CDS_SANDBOX_LAUNCHER", "1") == "0":
+        return ["  SMART launcher: off (CDS_SANDBOX_LAUNCHER=0)"]
+    source = launcher_source()
+    why = node_missing() or (
+        None if source else "source not found: set CDS_SMART_LAUNCHER_SRC (docs/journal-app.md)"
+    )
+    port = int(os.environ.get("CDS_SANDBOX_LAUNCHER_PORT", "8093"))
+    if why is None and port_in_use(port):
+        why = f"port 127.0.0.1:{port} is in use (CDS_SANDBOX_LAUNCHER_PORT)"
+    if why is not None or source is None:
+        return [f"  SMART launcher: not started ({why})"]
+    print("sandbox: preparing the SMART App Launcher (first run: npm ci + build) ...", flush=True)
+    try:
+        built = prepare_launcher(source, REPO_ROOT / "var" / "smart-launcher")
+        launcher = stack.enter_context(running_launcher(built, fhir_url, port=port))
+    except (SandboxError, OSError, subprocess.SubprocessError) as exc:
+        return [f"  SMART launcher: not started ({exc})"]
+    app = f"{service_url}/journal/launch"
+    return [
+        f"  SMART launcher: {launcher.url}/   (a simulated EHR; log {launcher.log_path})",
+        "  Sleep-journal app, EHR launch for demo-02 (open in a browser):",
+        f"    {launcher.ehr_launch_url(app, launch_code('demo-02'))}",
+        f"  Standalone launch: open {app} and enter",
+        f"    {launcher.standalone_iss(launch_code('demo-02', launch_type=3))}",
+    ]

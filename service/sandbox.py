@@ -379,6 +379,7 @@ def main() -> int:
             env = dict(os.environ)
             env["CDS_PORT"] = str(cds_port)
             env["CDS_HOST"] = "127.0.0.1"
+            env.setdefault("CDS_PUBLIC_BASE_URL", f"http://127.0.0.1:{cds_port}")  # card links
             env.setdefault("CDS_DATABASE_URL", f"sqlite+aiosqlite:///{tmp}/sandbox.db")
             cds_log = Path(tmp) / "cds.log"
             cmd = _cds_command()
@@ -407,13 +408,17 @@ def main() -> int:
                     wait_http_ok(f"{service_url}/cds-services", 30.0, cds)
                 except SandboxError as exc:
                     raise SandboxError(f"CDS service: {exc}\n{_tail(cds_log)}") from exc
-                _print_banner(fhir.base_url, service_url, cds_log)
-                while not stop["now"]:
-                    if cds.poll() is not None:
-                        raise SandboxError(
-                            f"CDS service exited ({cds.returncode}):\n{_tail(cds_log)}"
-                        )
-                    time.sleep(0.5)
+                with contextlib.ExitStack() as extras:
+                    from service.launcher import start_for_sandbox  # it imports this module
+
+                    journal = start_for_sandbox(extras, fhir.base_url, service_url)
+                    _print_banner(fhir.base_url, service_url, cds_log, journal)
+                    while not stop["now"]:
+                        if cds.poll() is not None:
+                            raise SandboxError(
+                                f"CDS service exited ({cds.returncode}):\n{_tail(cds_log)}"
+                            )
+                        time.sleep(0.5)
             finally:
                 stop_process(cds)
     except KeyboardInterrupt:
@@ -425,7 +430,9 @@ def main() -> int:
     return 0
 
 
-def _print_banner(fhir_url: str, service_url: str, cds_log: Path) -> None:
+def _print_banner(
+    fhir_url: str, service_url: str, cds_log: Path, journal: Sequence[str] = ()
+) -> None:
     cli = Path(sys.executable).parent / "sleep-cds"
     print(
         "\n".join(
@@ -441,7 +448,9 @@ def _print_banner(fhir_url: str, service_url: str, cds_log: Path) -> None:
                 f"    {cli} hook patient-view --patient demo-01 \\",
                 f"        --fhir-server {fhir_url} --service {service_url} --no-prefetch --json",
                 "",
-                "  Demo patients: service/demo/README.md.  Ctrl-C stops both servers.",
+                *journal,
+                "",
+                "  Demo patients: service/demo/README.md.  Ctrl-C stops every server.",
                 "",
             ]
         ),

@@ -550,7 +550,7 @@
       }).then(renderAdvice, function (err) {
         $("advice").textContent = "";
         $("advice").appendChild(el("p", { class: "error", text: "The service's advice could not be shown: " + plain(err) }));
-      });
+      }).then(function () { document.body.setAttribute("data-advice", "shown"); });
     });
   }
 
