@@ -762,11 +762,11 @@ class Evaluator:
     def _given_within(
         self, active: list[MedicationUse], spec: schema.MedicationSpec
     ) -> list[MedicationUse]:
-        """Active medicines started within ``recent_days`` (or with no start date: given now)
-        and completed courses whose last date falls within it."""
+        """Active medicines (an ongoing course is being given now) and completed courses whose
+        last date falls within ``recent_days``."""
         assert spec.recent_days is not None
         as_of, window = self.record.as_of, spec.recent_days
-        recent = [m for m in active if m.started is None or (as_of - m.started).days <= window]
+        recent = list(active)
         completed = self._in_class(
             "completed",
             self.record.completed_medications,

@@ -67,8 +67,8 @@ class LabMissingSpec(_Strict):
 class MedicationSpec(_Strict):
     """An active medication (MedicationRequest or MedicationStatement) in a drug-class ValueSet.
 
-    With ``recent_days`` it is a medicine *given* recently: active and started within the window,
-    or a completed course whose last date falls within it (IV iron in the last 12 weeks).
+    With ``recent_days`` it is a medicine *given* recently: active (an ongoing course), or a
+    completed course whose last date falls within the window (IV iron in the last 12 weeks).
     """
 
     valueset: str

@@ -36,7 +36,10 @@ def describe(node: schema.Condition, kb: KnowledgeBase) -> str:
     if isinstance(node, schema.MedicationCond):
         med = node.medication
         if med.recent_days is not None:
-            text = f"{kb.valuesets[med.valueset].title} given in the last {med.recent_days} days"
+            text = (
+                f"{kb.valuesets[med.valueset].title} active or given in the last "
+                f"{med.recent_days} days"
+            )
         else:
             text = f"active {kb.valuesets[med.valueset].title}"
         if med.exclude_valueset:

@@ -276,3 +276,13 @@ def test_an_adult_only_rule_must_say_why(tmp_path) -> None:  # type: ignore[no-u
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(KnowledgeError, match="population_note"):
         load_knowledge(SETTINGS.fhir_profiles_dir, target)
+
+
+def test_an_ongoing_iv_iron_course_counts_whenever_it_started() -> None:
+    rec = record(
+        medication("iv", "Venofer (iron sucrose) 200 mg IV monthly", "active", 400),
+        lab("f", "2276-4", 50, "ng/mL"),
+    )
+    rules = fired(rec)
+    assert "rls-iron-overload-caution" in rules
+    assert not IRON_ADVICE & set(rules)
