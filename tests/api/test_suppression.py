@@ -298,3 +298,38 @@ def test_window_arithmetic_saturates_at_the_end_of_the_datetime_range() -> None:
     assert timestamp_problem(edge, LATEST, start)
     assert timestamp_problem(LATEST, start, LATEST)
     assert timestamp_problem(start, start, start) == ""
+
+
+def test_an_accepted_order_holds_its_rule_only_until_the_order_is_in_the_record() -> None:
+    from datetime import UTC, datetime
+
+    from service.config import Settings
+    from service.engine.suppression import (
+        IssuedCard,
+        RuleRef,
+        Scope,
+        Seen,
+        SuggestionRef,
+        holds_for,
+        judge,
+    )
+    from service.knowledge.base import load_knowledge
+
+    settings = Settings()
+    policy = load_knowledge(settings.fhir_profiles_dir, settings.knowledge_dir).policy
+    now = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    order = "http://loinc.org|24373-3"
+    card = IssuedCard(
+        "c",
+        Scope("iss", "", "p"),
+        now,
+        (RuleRef("iron@1", "k1", "warning"), RuleRef("other@1", "k2", "warning")),
+        (SuggestionRef("s", ("iron@1",), creates=(order,)),),
+    )
+    [hold] = holds_for(policy, card, "accepted", None, ["s"], now)  # only the accepted rule
+    assert hold.rule == "iron@1" and hold.until_ordered == (order,)
+    assert judge(policy, hold, "warning", Seen(), now).hidden
+    assert not judge(policy, hold, "warning", Seen(draft_codes=frozenset({order})), now).hidden
+    assert not judge(policy, hold, "warning", Seen(ordered_codes=frozenset({order})), now).hidden
+    # Round trip through the audit trail's JSON.
+    assert IssuedCard.from_detail("c", card.scope, now, card.detail()) == card
