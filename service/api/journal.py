@@ -60,6 +60,7 @@ _DATA_SCOPES = (
     "patient/Condition.rs",
     "patient/MedicationRequest.rs",
     "patient/MedicationStatement.rs",
+    "patient/Medication.r",  # the medicines the orders reference (the templates _include them)
 )
 EHR_SCOPES = " ".join(("launch", *_DATA_SCOPES))
 STANDALONE_SCOPES = " ".join(("launch/patient", *_DATA_SCOPES))

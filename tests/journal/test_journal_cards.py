@@ -16,8 +16,10 @@ from service.knowledge.schema import LinkSpec
 from tests.journal.test_journal_api import demo_prefetch
 
 
-def patient_view(client: TestClient) -> list[dict[str, Any]]:
+def patient_view(client: TestClient, *, journal: bool = True) -> list[dict[str, Any]]:
     patient_id, prefetch = demo_prefetch("demo-02")
+    if not journal:
+        prefetch["journal"] = None
     body = {
         "hook": "patient-view",
         "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
@@ -46,6 +48,16 @@ def test_lifestyle_card_carries_a_smart_link_to_the_journal(
             "url": "http://127.0.0.1:8080/journal/launch",
             "type": "smart",
         }
+    ]
+
+
+def test_start_a_journal_card_links_to_the_app(app_factory: Callable[..., FastAPI]) -> None:
+    """Sleep starts with no journal yet: the card that suggests the journal opens it."""
+    with TestClient(app_factory(public_base_url="http://127.0.0.1:8080")) as client:
+        cards = patient_view(client, journal=False)
+    card = next(c for c in cards if "sleep journal" in c["summary"])
+    assert [(link["type"], link["url"]) for link in card["links"]] == [
+        ("smart", "http://127.0.0.1:8080/journal/launch")
     ]
 
 
