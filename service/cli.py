@@ -29,6 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service import logging as service_logging
+    from service.http_protocol import HeaderDeadlineProtocol
     from service.security import assert_safe_startup
 
     settings = get_settings()
@@ -41,7 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        http=HeaderDeadlineProtocol,  # httptools with a header deadline (slowloris)
         access_log=False,
         server_header=False,
         log_config=None,

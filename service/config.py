@@ -40,8 +40,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = 5 * 1024 * 1024
     max_json_depth: int = 64
     max_concurrent_hooks: int = Field(default=16, ge=1)
-    """Hook calls a worker reads and evaluates at once; the rest wait with their bodies unread,
-    so many large prefetches arriving together cannot exhaust the worker's memory."""
+    """Hook calls a worker parses and evaluates at once; the rest wait with their raw bodies read
+    (at most ``max_body_bytes`` each), so many large prefetches arriving together cannot exhaust
+    the worker's memory with parsed records. A body still arriving holds no slot."""
+    body_read_timeout_s: float = Field(default=5.0, gt=0)
+    """Time from a request's headers to the last byte of its body; then 408 (a stalled or
+    trickling client costs only its own request)."""
+    header_read_timeout_s: float = Field(default=10.0, gt=0)
+    """Time a connection may take to send a request's headers (from the connection or the
+    request's first byte); then it is closed (slowloris). Enforced by ``sleep-cds serve``."""
     fhir_profiles_dir: Path = REPO_ROOT / "fhir_profiles"
     knowledge_dir: Path = Path(__file__).resolve().parent / "knowledge"
     trusted_issuers_file: Path | None = None

@@ -5,6 +5,7 @@ CDSError
 │   └── ForbiddenFhirServer 400  fhirServer not allowed for this issuer
 ├── UnknownService          404
 ├── PayloadTooLarge         413
+├── RequestTimeout          408  the body did not arrive within CDS_BODY_READ_TIMEOUT_S
 ├── PrefetchUnavailable     412  data the rules need could not be obtained
 ├── AuthenticationFailed    401  the caller's JWT was refused
 ├── TooManyRequests         429  a client sent more than its share (feedback rate per issuer)
@@ -51,6 +52,13 @@ class PayloadTooLarge(CDSError):
 
     status_code = 413
     issue_code = "too-costly"
+
+
+class RequestTimeout(CDSError):
+    """The request body did not arrive in time."""
+
+    status_code = 408
+    issue_code = "timeout"
 
 
 class PrefetchUnavailable(CDSError):

@@ -6,7 +6,6 @@ here, never per request.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +24,7 @@ from service.api.journal import router as journal_router
 from service.api.metrics import router as metrics_router
 from service.api.middleware import RequestGuard
 from service.api.routes import router
+from service.api.slots import HookSlots
 from service.cdshooks.discovery import discovery_document
 from service.config import Settings, get_settings
 from service.db.database import Database
@@ -57,7 +57,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         http_client: Any = None
         # Made on the serving loop (a Semaphore binds to the loop that first waits on it).
-        app.state.hook_slots = asyncio.Semaphore(settings.max_concurrent_hooks)
+        app.state.hook_slots = HookSlots(settings.max_concurrent_hooks)
         if app.state.pipeline.fetcher is None:
             from service.fhir.client import FhirClient, make_http_client
 
@@ -93,7 +93,7 @@ def create_app(
     app.state.kb = kb
     app.state.clock = clock
     app.state.db = Database(settings.database_url)
-    app.state.hook_slots = asyncio.Semaphore(settings.max_concurrent_hooks)
+    app.state.hook_slots = HookSlots(settings.max_concurrent_hooks)
     app.state.pipeline = HookPipeline(
         kb,
         fetcher,
@@ -115,7 +115,11 @@ def create_app(
         allow_headers=["Authorization", "Content-Type"],
         max_age=600,
     )
-    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.max_body_bytes,
+        body_read_timeout_s=settings.body_read_timeout_s,
+    )
     return app
 
 

@@ -1,7 +1,8 @@
-"""ASGI middleware: body-size limit, security headers, one structured log line per request."""
+"""ASGI middleware: body-size and body-time limits, security headers, one log line per request."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
 from service.api.problems import operation_outcome
+from service.errors import RequestTimeout
 from service.logging import bind, log_fields
 
 log = logging.getLogger("service.request")
@@ -27,16 +29,21 @@ class _TooLarge(Exception):
 
 
 class RequestGuard:
-    """Refuses bodies over ``max_body_bytes`` with 413 before reading them whole, adds security
-    headers, drops the server banner, and logs one line and one latency sample per request.
+    """Refuses bodies over ``max_body_bytes`` with 413 before reading them whole, and bodies not
+    complete ``body_read_timeout_s`` after the headers with 408 (``RequestTimeout``, raised where
+    the route reads the body), adds security headers, drops the server banner, and logs one line
+    and one latency sample per request.
 
     Latency runs to the last response byte, so background work after the response (the audit
     row) is not counted against the EHR's wait.
     """
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, body_read_timeout_s: float = 5.0
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_read_timeout_s = body_read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,14 +68,25 @@ class RequestGuard:
                 return
 
         received = 0
+        body_done = False
+        read_deadline = asyncio.get_running_loop().time() + self.body_read_timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # later receives wait for a disconnect: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(read_deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"Request body not received within {self.body_read_timeout_s:g} s"
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise _TooLarge
+                body_done = not message.get("more_body", False)
             return message
 
         async def guarded_send(message: Message) -> None:

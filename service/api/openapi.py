@@ -203,6 +203,20 @@ EXPLAIN = {
 HEALTH = {"type": "object", "properties": {"status": {"type": "string"}}}
 READY = {
     "type": "object",
-    "required": ["database", "knowledge"],
-    "properties": {"database": {"type": "boolean"}, "knowledge": {"type": "boolean"}},
+    "required": ["database", "knowledge", "hookSlots"],
+    "properties": {
+        "database": {"type": "boolean"},
+        "knowledge": {"type": "boolean"},
+        "hookSlots": {
+            "type": "object",
+            "description": "Evaluation slots (CDS_MAX_CONCURRENT_HOOKS); not available when "
+            "every slot is busy and calls are queued",
+            "properties": {
+                "limit": {"type": "integer"},
+                "busy": {"type": "integer"},
+                "waiting": {"type": "integer"},
+                "available": {"type": "boolean"},
+            },
+        },
+    },
 }

@@ -127,10 +127,12 @@ async def _run(
     spec = _service(service_id)
     bind(service_id=spec.id, hook=spec.hook)  # before parsing: a 400 is counted per service too
     settings = settings_of(request)
-    # A slot bounds the bodies being read and evaluated at once; waiting calls' bodies stay in
-    # the socket (uvicorn pauses reading), so memory does not grow with the queue.
+    # The body is read first (bounded in size and time by RequestGuard), so a stalled client
+    # never holds a slot; a slot bounds the parsed records and evaluations at once.
+    raw = await request.body()
     async with request.app.state.hook_slots:
-        data = parse_json(await request.body(), max_depth=settings.max_json_depth)
+        data = parse_json(raw, max_depth=settings.max_json_depth)
+        del raw
         body = validate(models.HookRequest, data)
         del data
         bind(hook_instance=body.hookInstance)
@@ -319,7 +321,7 @@ async def healthz() -> Response:
 
 @router.get(
     "/readyz",
-    summary="Database reachable and knowledge loaded",
+    summary="Database reachable, knowledge loaded, and hook calls not queueing",
     responses={200: ok("Ready", READY), 503: ok("Not ready", READY)},
 )
 async def readyz(request: Request) -> Response:
@@ -327,5 +329,13 @@ async def readyz(request: Request) -> Response:
     if not db_ok:
         metrics.DB_ERRORS.labels(operation="readiness").inc()
     kb_ok = request.app.state.kb is not None
-    status = 200 if db_ok and kb_ok else 503
-    return _json({"database": db_ok, "knowledge": kb_ok}, status)
+    slots = request.app.state.hook_slots
+    status = 200 if db_ok and kb_ok and not slots.saturated else 503
+    return _json(
+        {
+            "database": db_ok,
+            "knowledge": kb_ok,
+            "hookSlots": {**slots.state(), "available": not slots.saturated},
+        },
+        status,
+    )

@@ -76,3 +76,37 @@ def test_the_default_limit_lets_calls_overlap(app_factory: Callable[..., FastAPI
     responses = asyncio.run(fire(app, 6))
     assert [r.status_code for r in responses] == [200] * 6
     assert fetcher.peak == 6
+
+
+def test_readyz_says_when_the_worker_cannot_take_hook_calls(
+    app_factory: Callable[..., FastAPI],
+) -> None:
+    """One slot, one call evaluating and one queued: /readyz is 503 until they are done."""
+
+    async def scenario(app: FastAPI) -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
+        gate = asyncio.Event()
+
+        class GatedFetcher(SlowFetcher):
+            async def search_many(self, *args: Any, **kwargs: Any) -> Mapping[str, Any]:
+                await gate.wait()
+                return await super().search_many(*args, **kwargs)
+
+        app.state.pipeline.fetcher = GatedFetcher()
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                body = patient_view(fhir_server=FHIR, omit=("conditions",))
+                calls = [asyncio.create_task(client.post(PV, json=body)) for _ in range(2)]
+                while app.state.hook_slots.waiting < 1:
+                    await asyncio.sleep(0.01)
+                busy = await client.get("/readyz")
+                gate.set()
+                answered = await asyncio.gather(*calls)
+                return answered, busy, await client.get("/readyz")
+
+    answered, busy, idle = asyncio.run(scenario(app_factory(max_concurrent_hooks=1)))
+    assert [r.status_code for r in answered] == [200, 200]
+    assert busy.status_code == 503
+    assert busy.json()["hookSlots"] == {"limit": 1, "busy": 1, "waiting": 1, "available": False}
+    assert busy.json()["database"] is True
+    assert idle.status_code == 200 and idle.json()["hookSlots"]["available"] is True

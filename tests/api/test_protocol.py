@@ -395,7 +395,11 @@ def test_cors_origins_are_configurable(app_factory: Callable[..., FastAPI]) -> N
 
 def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"database": True, "knowledge": True}
+    assert client.get("/readyz").json() == {
+        "database": True,
+        "knowledge": True,
+        "hookSlots": {"limit": 16, "busy": 0, "waiting": 0, "available": True},
+    }
 
 
 def test_readiness_fails_when_the_database_is_unreachable(tmp_path, clock) -> None:
