@@ -262,12 +262,14 @@ def test_overlong_feedback_strings_are_400_on_every_database(
             client.post(f"{PV}/feedback", json={"feedback": [accepted]}), "acceptedSuggestions"
         )
         # The longest accepted values are stored, not a 503 from a too-narrow column.
-        item = feedback_item("u" * 128)
+        card = client.post(PV, json=patient_view()).json()["cards"][0]["uuid"]
+        item = feedback_item(card)
         item["overrideReason"]["reason"]["system"] = "https://x.example/" + "s" * 238
         item["overrideReason"]["reason"]["code"] = "c" * 64
         item["overrideReason"]["userComment"] = "c" * 4000
         response = client.post(f"{PV}/feedback", json={"feedback": [item]})
-        assert response.json() == {"stored": 1, "duplicates": 0}, response.text
+        assert response.status_code == 200, response.text
+        assert response.json()["stored"] == 1, response.text
 
 
 def test_longest_ids_are_audited_on_every_database(
