@@ -220,3 +220,16 @@ def test_advice_ignores_other_patients_and_names_what_it_could_not_read(
 )
 def test_advice_refuses_malformed_requests(client: TestClient, body: Any, why: str) -> None:
     assert why in outcome(advice(client, body), 400)
+
+
+def test_the_redirects_code_never_reaches_the_log(client: TestClient) -> None:
+    """The authorization server redirects to /journal/?code=...&state=...: the request log keeps
+    the path only, so the one-time code never lands in a log line (the production JSON lines)."""
+    from tests.observability.test_logs_no_phi import Capture
+
+    with Capture("DEBUG") as capture:
+        assert client.get("/journal/?code=SECRET-CODE-123&state=STATE-456").status_code == 200
+    ours = [line for line in capture.lines if line.get("logger") == "service.request"]
+    assert ours and ours[-1]["path"] == "/journal/"
+    logged = capture.stream.getvalue()
+    assert "SECRET-CODE-123" not in logged and "STATE-456" not in logged
