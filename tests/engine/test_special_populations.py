@@ -286,3 +286,26 @@ def test_an_ongoing_iv_iron_course_counts_whenever_it_started() -> None:
     rules = fired(rec)
     assert "rls-iron-overload-caution" in rules
     assert not IRON_ADVICE & set(rules)
+
+
+@pytest.mark.parametrize(
+    ("age", "ferritin", "words"),
+    [
+        (40, 60, "iron still low after 12 weeks - consider IV iron"),
+        (12, 60, "recheck ferritin and TSAT about 12 weeks after starting"),
+        (12, 40, "consider IV iron with paediatrics"),
+    ],
+)
+def test_oral_iron_failure_uses_the_threshold_for_the_age(
+    age: int, ferritin: float, words: str
+) -> None:
+    from service.engine.cards import CardComposer
+
+    rec = record(
+        medication("fe", "ferrous sulfate 325 mg tablet", "active", 120),
+        lab("f", "2276-4", ferritin, "ng/mL"),
+        lab("t", "2502-3", 25, "%"),
+        age=age,
+    )
+    cards, _ = CardComposer(KB).compose(rec, ENGINE.run("patient-view", rec))
+    assert any(words in c["summary"] for c in cards), [c["summary"] for c in cards]
