@@ -238,6 +238,7 @@
         questionnaire: q.url,
         status: "completed",
         subject: { reference: "Patient/" + patientId },
+        source: { reference: "Patient/" + patientId },  // the patient reports, whoever types
         authored: new Date().toISOString(),
         item: read.answers
       }
@@ -510,6 +511,12 @@
     box.appendChild(el("table", { class: "labs" }, [el("thead", {}, [el("tr", {}, [el("th", { scope: "col", text: "Lab" }), el("th", { scope: "col", text: "Result" }), el("th", { scope: "col", text: "Date" })])]), body]));
   }
 
+  var DATA_NAMES = {
+    patient: "the patient's age", conditions: "problems", observations: "labs",
+    symptoms: "recorded findings", medicationRequests: "medication orders",
+    medicationStatements: "medication lists", journal: "the sleep journal"
+  };
+
   /** Card detail is markdown; shown as text with the emphasis marks and link targets dropped. */
   function plainMarkdown(text) {
     return text.replace(/\*\*([^*]+)\*\*/g, "$1").replace(/\[([^\]]+)\]\([^)]*\)/g, "$1");
@@ -519,7 +526,8 @@
     var box = $("advice");
     box.textContent = "";
     if (answer.unavailable && answer.unavailable.length) {
-      box.appendChild(el("p", { class: "note", text: "Not readable with this app's access, so not used: " + answer.unavailable.join(", ") + "." }));
+      var names = answer.unavailable.map(function (key) { return DATA_NAMES[key] || key; });
+      box.appendChild(el("p", { class: "note", text: "Not readable with this app's access, so the advice does not use: " + names.join(", ") + "." }));
     }
     if (!answer.cards.length) {
       box.appendChild(el("p", { class: "empty", text: "No advice for this patient from the current record and journal." }));

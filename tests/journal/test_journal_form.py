@@ -156,6 +156,7 @@ def test_filled_form_builds_a_valid_questionnaire_response(
     assert response["status"] == "completed"
     assert response["questionnaire"] == QUESTIONNAIRE["url"]
     assert response["subject"] == {"reference": "Patient/demo-02"}
+    assert response["source"] == {"reference": "Patient/demo-02"}  # what the patient reports
     assert response["authored"].endswith("Z") and len(response["authored"]) >= 20
     saved = {i["linkId"]: i["answer"][0] for i in response["item"]}
     assert set(saved) == set(answers)  # unanswered items are left out, not sent empty
