@@ -150,3 +150,12 @@ def test_rls_treatments_bronchodilators_and_opioids_are_not_rls_aggravators(scd:
 def test_tramadol_is_the_opioid_that_is_flagged() -> None:
     codings, text, _ = medication({"text": "Tramadol 50 mg tablet"})
     assert valueset("med-rls-aggravating").matches(codings, text)
+
+
+@pytest.mark.parametrize(("vs_id", "entry"), CASES)
+def test_an_ingredient_matches_no_other_class(vs_id: str, entry: dict[str, Any]) -> None:
+    """A synonym of one class never catches another class's drug ("orap" is not "orapred")."""
+    codings, text, _ = medication({"text": entry["ingredient"]})
+    for other in REFERENCE:
+        if other != vs_id:
+            assert not valueset(other).matches(codings, text), (entry["ingredient"], other)
