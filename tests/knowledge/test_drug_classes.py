@@ -159,3 +159,31 @@ def test_an_ingredient_matches_no_other_class(vs_id: str, entry: dict[str, Any])
     for other in REFERENCE:
         if other != vs_id:
             assert not valueset(other).matches(codings, text), (entry["ingredient"], other)
+
+
+def test_a_brand_mark_for_an_unknown_synonym_is_refused() -> None:
+    """A brand mark that names no synonym, or an ingredient the class lacks, stops start-up."""
+    from service.errors import KnowledgeError
+    from service.knowledge.valuesets import SYNONYM_INGREDIENT_URL, TEXT_SYNONYM_URL, index_valueset
+
+    def with_mark(synonym: str, ingredient: str) -> dict[str, Any]:
+        return {
+            "url": BASE + "med-test",
+            "extension": [
+                {"url": TEXT_SYNONYM_URL, "valueString": "sertraline"},
+                {"url": TEXT_SYNONYM_URL, "valueString": "zoloft"},
+                {
+                    "url": SYNONYM_INGREDIENT_URL,
+                    "extension": [
+                        {"url": "synonym", "valueString": synonym},
+                        {"url": "ingredient", "valueString": ingredient},
+                    ],
+                },
+            ],
+        }
+
+    assert index_valueset(with_mark("zoloft", "sertraline")).products == {"zoloft": ("sertraline",)}
+    with pytest.raises(KnowledgeError, match="names no text synonym"):
+        index_valueset(with_mark("paxil", "sertraline"))
+    with pytest.raises(KnowledgeError, match="unknown ingredients"):
+        index_valueset(with_mark("zoloft", "paroxetine"))
