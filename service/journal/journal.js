@@ -576,7 +576,8 @@
     return name.text || [].concat(name.given || [], name.family ? [name.family] : []).join(" ") || ("Patient " + p.id);
   }
 
-  window.SleepJournal = { buildResponse: function (patientId) { return buildResponse(patientId); } };
+  // For tests and integrators' consoles: what would be saved, and how an error is worded.
+  window.SleepJournal = { buildResponse: buildResponse, plainError: plain };
   $("tab-entry").addEventListener("click", function () { showTab("entry"); });
   $("tab-review").addEventListener("click", function () { showTab("review"); });
   showTab(window.location.hash === "#review" ? "review" : "entry");

@@ -186,3 +186,24 @@ def test_required_and_range_are_checked_before_saving(
     assert shown.is_displayed() and shown.text == "Enter a number from 0 to 10."
     status = browser.find_element(By.ID, "status").text
     assert "health record" in status  # opened without a launch: says how to open it
+
+
+PLAIN_WORDS = [
+    ("{status: 401, message: 'Unauthorized'}", "Your access to the health record has expired"),
+    ("{status: 403, message: 'Forbidden'}", "The health record did not allow this"),
+    ("new Error('access_denied: The user denied access')", "Access was not granted"),
+    ("new TypeError('Failed to fetch')", "The health record could not be reached"),
+    (
+        "{status: 422, message: 'Unprocessable\\nat line 3'}",
+        "The health record refused the request (HTTP 422): Unprocessable",
+    ),
+]
+
+
+def test_errors_are_put_in_plain_words(browser: WebDriver, console_stack: ConsoleStack) -> None:
+    """Consent declined, token expired, write refused, server down: what the user reads."""
+    open_form(browser, console_stack)
+    for error, words in PLAIN_WORDS:
+        said = browser.execute_script(f"return window.SleepJournal.plainError({error})")
+        assert said.startswith(words), said
+        assert "\n" not in said and "at line" not in said  # no stack or second line
