@@ -6,12 +6,14 @@ Clinical thresholds are never settings: they live in the knowledge files.
 from __future__ import annotations
 
 import ipaddress
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = REPO_ROOT / "var" / "cds.db"
@@ -75,10 +77,10 @@ class Settings(BaseSettings):
     journal_enabled: bool | None = None
     """The sleep-journal SMART app under /journal/ (docs/journal-app.md); on in local mode."""
     journal_client_id: str = "sleep-journal"
-    journal_fhir_servers: list[str] = Field(default_factory=list)
+    journal_fhir_servers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """FHIR bases the journal app may launch against; empty: the issuer registry's fhir_servers
     (local mode: any https or loopback http base)."""
-    journal_connect_origins: list[str] = Field(default_factory=list)
+    journal_connect_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Extra origins the app's page may call (an authorization server on another origin)."""
     log_level: str = "INFO"
 
@@ -87,7 +89,9 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip().startswith("["):
+        if isinstance(value, str) and value.strip().startswith("["):
+            return json.loads(value)  # a JSON list (the NoDecode fields arrive as text)
+        if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 

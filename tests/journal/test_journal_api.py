@@ -233,3 +233,19 @@ def test_the_redirects_code_never_reaches_the_log(client: TestClient) -> None:
     assert ours and ours[-1]["path"] == "/journal/"
     logged = capture.stream.getvalue()
     assert "SECRET-CODE-123" not in logged and "STATE-456" not in logged
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "https://a.example/fhir, https://b.example/fhir",
+        '["https://a.example/fhir", "https://b.example/fhir"]',
+    ],
+)
+def test_allowed_servers_setting_reads_a_list_or_json(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    from service.config import Settings
+
+    monkeypatch.setenv("CDS_JOURNAL_FHIR_SERVERS", raw)
+    assert Settings().journal_fhir_servers == ["https://a.example/fhir", "https://b.example/fhir"]
