@@ -896,7 +896,12 @@ class Evaluator:
         found = self._in_class("draft", self.record.drafts, spec.valueset, spec.exclude_valueset)
         if not found:
             return self._result(label, False)
-        drugs = [self._drug(spec.valueset, d.concept) for d in found]
+        drugs = [
+            self._drug(spec.valueset, d.concept)
+            if d.resource_type in ("MedicationRequest", "MedicationStatement")
+            else (d.concept.label, "")
+            for d in found
+        ]
         names = sorted({name for name, _ in drugs})
         result = self._result(label, True, ", ".join(names))
         title = node.data[0]
