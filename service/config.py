@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8080"
     host: str = "127.0.0.1"
     port: int = 8080
-    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     max_body_bytes: int = 5 * 1024 * 1024
     max_json_depth: int = 64
     max_concurrent_hooks: int = Field(default=16, ge=1)

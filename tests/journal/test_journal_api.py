@@ -249,3 +249,13 @@ def test_allowed_servers_setting_reads_a_list_or_json(
 
     monkeypatch.setenv("CDS_JOURNAL_FHIR_SERVERS", raw)
     assert Settings().journal_fhir_servers == ["https://a.example/fhir", "https://b.example/fhir"]
+
+
+def test_cors_origins_setting_reads_the_documented_comma_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """README documents CDS_CORS_ORIGINS as comma-separated (the journal lists share the parser)."""
+    from service.config import Settings
+
+    monkeypatch.setenv("CDS_CORS_ORIGINS", "https://a.example, https://b.example")
+    assert Settings().cors_origins == ["https://a.example", "https://b.example"]
