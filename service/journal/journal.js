@@ -446,6 +446,21 @@
       }
     });
     box.appendChild(el("div", { class: "chart-scroll" }, [chart]));
+    box.appendChild(nightsTable(nights));
+  }
+
+  /** The same nights as a table (screen readers, exact values), newest first. */
+  function nightsTable(nights) {
+    var columns = [["jerk-count", "Jerks"], ["total-sleep-h", "Sleep h"]].concat(ROWS.map(function (r) { return [r.id, r.label]; }));
+    function shown(v) { return v === true ? "yes" : v === false ? "no" : v === undefined ? "" : String(v); }
+    var head = el("tr", {}, [el("th", { scope: "col", text: "Night" })].concat(columns.map(function (c) { return el("th", { scope: "col", text: c[1] }); })));
+    var rows = nights.slice().reverse().map(function (n) {
+      return el("tr", {}, [el("th", { scope: "row", text: n.night })].concat(columns.map(function (c) { return el("td", { text: shown(n.a[c[0]]) }); })));
+    });
+    return el("details", { class: "nights" }, [
+      el("summary", { text: "Nights as a table" }),
+      el("div", { class: "chart-scroll" }, [el("table", {}, [el("thead", {}, [head]), el("tbody", {}, rows)])])
+    ]);
   }
 
   function weekStats(nights, from, to) {

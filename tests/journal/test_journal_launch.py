@@ -229,6 +229,11 @@ def test_review_of_a_journal_week(
     labels = [e.text for e in chart.find_elements(By.CSS_SELECTOR, "text.row-label")]
     for trigger in ("Caffeine after 2 pm", "Late exercise", "Stress (0-10)", "Alcohol (drinks)"):
         assert trigger in labels
+    table = browser.execute_script(
+        "return Array.from(document.querySelectorAll('details.nights tbody tr'))"
+        ".map(r => Array.from(r.children).map(c => c.textContent))"
+    )
+    assert len(table) == 7 and table[0][0] > table[-1][0]  # newest night first
     weeks = browser.find_element(By.ID, "weeks").text
     assert "Nights recorded 7 0" in weeks
     set_viewport(browser, 1280, 1400)  # a desktop, tall enough for labs and advice
