@@ -182,10 +182,24 @@ def ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 FEEDBACK_ACK = {
     "type": "object",
-    "required": ["stored", "duplicates"],
+    "required": ["stored", "duplicates", "ignored"],
     "properties": {
         "stored": {"type": "integer", "minimum": 0, "description": "New items stored"},
         "duplicates": {"type": "integer", "minimum": 0, "description": "Items already stored"},
+        "ignored": {
+            "type": "array",
+            "description": "Items not stored: they name a card this service did not issue to "
+            "this caller, or a suggestion that card did not carry",
+            "items": {
+                "type": "object",
+                "required": ["item", "card", "reason"],
+                "properties": {
+                    "item": {"type": "integer", "minimum": 0},
+                    "card": {"type": "string"},
+                    "reason": {"type": "string", "enum": ["unknown-card", "unknown-suggestion"]},
+                },
+            },
+        },
     },
 }
 EXPLAIN = {

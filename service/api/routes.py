@@ -234,8 +234,11 @@ async def _audit(
 @router.post(
     "/cds-services/{service_id}/feedback",
     responses={
-        200: ok("Every item is stored (new or already there)", FEEDBACK_ACK),
+        200: ok(
+            "Items about issued cards stored (new or already there); others ignored", FEEDBACK_ACK
+        ),
         **ERRORS,
+        429: problem("More feedback items per minute than allowed for this issuer"),
         503: problem("Not stored: the database is unavailable; retry later"),
     },
     openapi_extra=feedback_body_schema(),
