@@ -35,12 +35,13 @@ OS = "/cds-services/sleep-movement-order-select"
 OSIGN = "/cds-services/sleep-movement-order-sign"
 LOCAL = "https://sleep-cds.example.org/fhir/CodeSystem/sleep-cds"
 A, B = "https://ehr-a.example.org", "https://ehr-b.example.org"
+C = "https://ehr-c.example.org"  # sends no feedback in the property test: its view is fixed
 ACTIVE = {
     "coding": [
         {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
     ]
 }
-KEYS = {iss: ec.generate_private_key(ec.SECP384R1()) for iss in (A, B)}
+KEYS = {iss: ec.generate_private_key(ec.SECP384R1()) for iss in (A, B, C)}
 
 
 def token(iss: str, path: str, **claims: Any) -> dict[str, str]:
@@ -460,8 +461,9 @@ def test_8_the_suppression_lookup_never_reads_the_card_history(
 START = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 ACTIONS = st.lists(
     st.tuples(
+        st.sampled_from([A, B]),  # who sends the item
         st.sampled_from(["accepted", "overridden"]),
-        st.sampled_from(["red", "lab", "b-red", "ghost"]),
+        st.sampled_from(["a-red", "a-lab", "b-red", "b-lab", "c-red", "ghost"]),
         st.one_of(
             st.integers(min_value=-400, max_value=400).map(lambda s: ("offset", s)),
             st.sampled_from([("raw", "9999-12-30T00:00:00Z"), ("raw", "0001-01-01T00:00:00Z")]),
@@ -493,20 +495,24 @@ def sqlite_two_ehrs(app_factory: Callable[..., FastAPI], tmp_path: Path) -> Iter
 def test_property_red_flags_stay_visible_no_5xx_and_other_ehrs_are_untouched(
     sqlite_two_ehrs: TestClient, clock: FrozenClock, actions: list[Any]
 ) -> None:
+    """Any feedback sequence from EHRs A and B (any outcome, timestamp, card id, suggestion id):
+    no 5xx; each EHR's red flag shows again 24 h after the last feedback it sent was received;
+    EHR C, which sent nothing, sees exactly what it saw before, throughout."""
     client = sqlite_two_ehrs
     clock.now = START  # each example starts afresh (a new patient id, the weakness still new)
     pid = f"p-{uuid.uuid4().hex[:10]}"
-    a_cards = view(client, A, pid)
-    b_cards = view(client, B, pid)
-    b_before = {t: rules_of(c) for t, c in b_cards.items()}
+    cards = {iss: view(client, iss, pid) for iss in (A, B, C)}
+    c_before = {t: rules_of(c) for t, c in cards[C].items()}
     targets = {
-        "red": a_cards["neurology-referral"],
-        "lab": a_cards["lab-check"],
-        "b-red": b_cards["neurology-referral"],
-        "ghost": {**a_cards["lab-check"], "uuid": str(uuid.uuid4())},
+        "a-red": cards[A]["neurology-referral"],
+        "a-lab": cards[A]["lab-check"],
+        "b-red": cards[B]["neurology-referral"],
+        "b-lab": cards[B]["lab-check"],
+        "c-red": cards[C]["neurology-referral"],
+        "ghost": {**cards[A]["lab-check"], "uuid": str(uuid.uuid4())},
     }
-    last_received = None
-    for outcome, target, stamp, suggestion, wait in actions:
+    last_received: dict[str, Any] = {}
+    for sender, outcome, target, stamp, suggestion, wait in actions:
         card = targets[target]
         when = (
             (clock.now + timedelta(seconds=stamp[1])).isoformat()
@@ -521,16 +527,18 @@ def test_property_red_flags_stay_visible_no_5xx_and_other_ehrs_are_untouched(
             item["overrideReason"] = {
                 "reason": {"system": LOCAL, "code": "not-clinically-relevant"}
             }
-        response = send(client, A, item)  # only EHR A sends feedback
+        response = send(client, sender, item)
         assert response.status_code < 500, response.text
         if response.status_code == 200 and response.json()["stored"]:
-            last_received = clock.now
-        seen_a = view(client, A, pid)
-        assert {t: rules_of(c) for t, c in view(client, B, pid).items()} == b_before
-        if last_received is None or clock.now >= last_received + timedelta(hours=24):
-            assert "neurology-referral" in seen_a
+            last_received[sender] = clock.now
+        for iss in (A, B):
+            since = last_received.get(iss)
+            if since is None or clock.now >= since + timedelta(hours=24):
+                assert "neurology-referral" in view(client, iss, pid), iss
+        assert {t: rules_of(c) for t, c in view(client, C, pid).items()} == c_before
         clock.now += timedelta(minutes=wait)
-    if last_received is not None:
-        clock.now = max(clock.now, last_received + timedelta(hours=24))
-    assert "neurology-referral" in view(client, A, pid)
-    assert {t: rules_of(c) for t, c in view(client, B, pid).items()} == b_before
+    if last_received:
+        clock.now = max(clock.now, *(t + timedelta(hours=24) for t in last_received.values()))
+    for iss in (A, B):
+        assert "neurology-referral" in view(client, iss, pid)
+    assert {t: rules_of(c) for t, c in view(client, C, pid).items()} == c_before
