@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = REPO_ROOT / "var" / "cds.db"
+SANDBOX_ORIGIN = "https://sandbox.cds-hooks.org"  # the public CDS Hooks Sandbox (README)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -73,6 +74,8 @@ class Settings(BaseSettings):
     analytics_enabled: bool = False
     admin_token: str | None = None
     console_enabled: bool | None = None
+    openapi_enabled: bool | None = None
+    """``/openapi.json`` and ``/docs``: on in local mode, elsewhere only when set."""
     console_fhir_server: str | None = None
     journal_enabled: bool | None = None
     """The sleep-journal SMART app under /journal/ (docs/journal-app.md); on in local mode."""
@@ -85,7 +88,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @field_validator(
-        "cors_origins", "journal_fhir_servers", "journal_connect_origins", mode="before"
+        "cors_origins",
+        "allowed_hosts",
+        "journal_fhir_servers",
+        "journal_connect_origins",
+        mode="before",
     )
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -108,6 +115,35 @@ class Settings(BaseSettings):
     @property
     def explain_on(self) -> bool:
         return self.local_mode if self.explain_enabled is None else self.explain_enabled
+
+    @property
+    def effective_cors_origins(self) -> list[str]:
+        if self.cors_origins is not None:
+            return self.cors_origins
+        if not self.local_mode:
+            return ["*"]
+        own = {self.public_base_url}
+        own |= {f"http://{name}:{self.port}" for name in ("127.0.0.1", "localhost", "[::1]")}
+        return [*sorted(own), SANDBOX_ORIGIN]
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        """Local mode: the request's ``Host`` names this machine (no DNS rebinding)."""
+        if not self.local_mode:
+            return True
+        if not host_header:
+            return False
+        host = urlsplit(f"//{host_header}").hostname or ""
+        public = urlsplit(self.public_base_url).hostname or ""
+        return is_loopback_host(host) or host in (public, *self.allowed_hosts)
+
+    @property
+    def openapi_on(self) -> bool:
+        return self.local_mode if self.openapi_enabled is None else self.openapi_enabled
+
+    @property
+    def hsts(self) -> bool:
+        """Served to browsers over https (``CDS_PUBLIC_BASE_URL``): tell them to stay on https."""
+        return urlsplit(self.public_base_url).scheme == "https"
 
     @property
     def console_on(self) -> bool:

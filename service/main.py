@@ -86,7 +86,9 @@ def create_app(
         version="0.1.0",
         description="CDS Hooks 2.0 service for sleep-related leg movements.",
         lifespan=lifespan,
-        docs_url="/docs" if settings.local_mode else None,
+        # The schema maps every route and parameter: published in local mode or when enabled.
+        openapi_url="/openapi.json" if settings.openapi_on else None,
+        docs_url="/docs" if settings.openapi_on else None,
         redoc_url=None,
     )
     app.state.settings = settings
@@ -110,7 +112,7 @@ def create_app(
     app.include_router(metrics_router)
     app.add_middleware(
         CORSMiddleware,
-        allow_origins=settings.cors_origins,
+        allow_origins=settings.effective_cors_origins,
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type"],
         max_age=600,
@@ -119,6 +121,8 @@ def create_app(
         RequestGuard,
         max_body_bytes=settings.max_body_bytes,
         body_read_timeout_s=settings.body_read_timeout_s,
+        hsts=settings.hsts,
+        host_allowed=settings.host_allowed,
     )
     return app
 

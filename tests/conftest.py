@@ -22,6 +22,9 @@ from service.cli import upgrade_database
 from service.config import Settings
 from service.main import create_app
 
+# Local mode answers only loopback Host names (DNS rebinding); TestClient and httpx's ASGI
+# transport call the app as "testserver" / "test". Tests of the Host check set allowed_hosts=[].
+os.environ.setdefault("CDS_ALLOWED_HOSTS", "testserver,test")
 POSTGRES_URL = os.environ.get("CDS_TEST_POSTGRES_URL")
 NO_POSTGRES = "PostgreSQL not configured: set CDS_TEST_POSTGRES_URL (CI does)"
 # The patient-view prefetch keys discovery advertises (and the fallback fetches when absent).

@@ -15,6 +15,7 @@ loopback host, no credentials). No token is ever sent to the FHIR server from he
 
 from __future__ import annotations
 
+import hmac
 from datetime import date
 from functools import lru_cache
 from importlib import resources
@@ -29,7 +30,7 @@ from service.api.problems import operation_outcome
 from service.cdshooks.models import is_fhir_id
 from service.config import Settings
 from service.engine.prefetch import fill_template, templates_for
-from service.errors import InvalidRequest, UnknownService
+from service.errors import AuthenticationFailed, InvalidRequest, UnknownService
 from service.knowledge.base import KnowledgeBase
 from service.security import check_fhir_server
 
@@ -57,10 +58,22 @@ _CHART_KEYS = (
 )
 
 
-def _require_console(request: Request) -> Settings:
+def _require_console(request: Request, *, data: bool = True) -> Settings:
+    """The console's settings, once the caller may see it. Outside local mode its data routes
+    (patient lists and charts) require ``CDS_ADMIN_TOKEN`` as a bearer token; start-up refuses
+    ``CDS_CONSOLE_ENABLED=true`` there without one (``security.startup``)."""
     settings = settings_of(request)
     if not settings.console_on:
         raise UnknownService("The preview console is not enabled (CDS_CONSOLE_ENABLED)")
+    if data and not settings.local_mode:
+        scheme, _, presented = (request.headers.get("authorization") or "").partition(" ")
+        expected = settings.admin_token or ""
+        if not (
+            expected
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(presented.strip().encode(), expected.encode())
+        ):
+            raise AuthenticationFailed("console: admin token required")
     return settings
 
 
@@ -89,7 +102,7 @@ def _json(data: Any, status: int = 200) -> Response:
 @router.get("")
 @router.get("/")
 async def console_page(request: Request) -> Response:
-    _require_console(request)
+    _require_console(request, data=False)  # static, no patient data
     return _asset_response("index.html")
 
 
@@ -183,7 +196,7 @@ async def console_chart(
 
 @router.get("/{name}")
 async def console_asset(name: str, request: Request) -> Response:
-    _require_console(request)
+    _require_console(request, data=False)
     if name not in _STATIC:
         raise UnknownService(f"No console file {name!r}")
     return _asset_response(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,6 +23,8 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
 ]
+# Two years, as the HSTS preload list asks; only when the public URL is https.
+HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
 
 
 class _TooLarge(Exception):
@@ -39,9 +42,17 @@ class RequestGuard:
     """
 
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, body_read_timeout_s: float = 5.0
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        body_read_timeout_s: float = 5.0,
+        hsts: bool = False,
+        host_allowed: Callable[[str | None], bool] = lambda host: True,
     ) -> None:
         self.app = app
+        self.host_allowed = host_allowed
+        self.headers = [*SECURITY_HEADERS, HSTS] if hsts else SECURITY_HEADERS
         self.max_body_bytes = max_body_bytes
         self.body_read_timeout_s = body_read_timeout_s
 
@@ -55,6 +66,13 @@ class RequestGuard:
         limit = self.max_body_bytes
 
         headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host")
+        if not self.host_allowed(host.decode("latin-1") if host is not None else None):
+            # Local mode behind a foreign name: a DNS-rebinding page, not this machine's user.
+            await self._send_error(send, status_holder, 421, "Host not allowed", "forbidden")
+            self._log(scope, status_holder, started)
+            log_fields.reset(token)
+            return
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
@@ -94,7 +112,7 @@ class RequestGuard:
                 status_holder["status"] = message["status"]
                 status_holder["started"] = True
                 raw = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"server"]
-                message = {**message, "headers": raw + SECURITY_HEADERS}
+                message = {**message, "headers": raw + self.headers}
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 status_holder["finished"] = time.perf_counter()
@@ -111,19 +129,23 @@ class RequestGuard:
             log_fields.reset(token)
 
     async def _send_413(self, send: Send, holder: dict[str, Any]) -> None:
-        response = operation_outcome(
-            413, f"Request body exceeds {self.max_body_bytes} bytes", code="too-costly"
-        )
-        holder["status"] = 413
+        message = f"Request body exceeds {self.max_body_bytes} bytes"
+        await self._send_error(send, holder, 413, message, "too-costly")
+
+    async def _send_error(
+        self, send: Send, holder: dict[str, Any], status: int, message: str, code: str
+    ) -> None:
+        response = operation_outcome(status, message, code=code)
+        holder["status"] = status
         holder["started"] = True
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/fhir+json"),
                     (b"content-length", str(len(response.body)).encode()),
-                    *SECURITY_HEADERS,
+                    *self.headers,
                 ],
             }
         )

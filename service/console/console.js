@@ -56,6 +56,7 @@
     busy: false,
     calls: 0,
     feedbackLog: [],
+    adminToken: window.sessionStorage.getItem("cds-console-admin-token"),
     dismissing: null       // {card, serviceId, element}
   };
 
@@ -275,6 +276,10 @@
 
   function api(method, path, body) {
     var init = { method: method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+    // Outside local mode the console's data routes need the admin token (asked once per tab).
+    if (state.adminToken && path.indexOf("/console/api/") === 0) {
+      init.headers.Authorization = "Bearer " + state.adminToken;
+    }
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -394,9 +399,23 @@
     $("banner").hidden = false;
   }
 
+  function resetPatientState() {
+    // Nothing of the previous patient may follow the user to the next one: ticked draft orders
+    // would be sent as this patient's drafts, and the feedback log and JSON panes are theirs.
+    DRAFT_ORDERS.forEach(function (o) { $("order-" + o.key).checked = false; });
+    state.feedbackLog = [];
+    state.dismissing = null;
+    $("feedback-json").textContent = "No feedback sent yet.";
+    $("request-json").textContent = "No call yet.";
+    $("response-json").textContent = "No call yet.";
+    clear($("trace"));
+    $("trace").textContent = "No call yet.";
+  }
+
   function choosePatient(id) {
     var token = ++state.chartToken;
     state.patient = null;
+    resetPatientState();
     updateButtons();
     resetCards("Fire a hook to see the cards a clinician would see.");
     if (!id) { $("banner").hidden = true; return Promise.resolve(); }
@@ -896,6 +915,15 @@
     $("paste-render").addEventListener("click", renderPasted);
 
     Promise.all([api("GET", "/console/api/config"), api("GET", "/cds-services")]).then(function (r) {
+      if (r[0].status === 401) {
+        var entered = window.prompt("Outside local mode the console needs the admin token (CDS_ADMIN_TOKEN):");
+        if (entered) {
+          window.sessionStorage.setItem("cds-console-admin-token", entered.trim());
+          window.location.reload();
+          return;
+        }
+        setStatus("The console needs the admin token outside local mode.", "error");
+      }
       if (r[0].ok) { state.config = r[0].data; }
       if (r[1].ok) {
         (r[1].data.services || []).forEach(function (s) {

@@ -43,6 +43,12 @@ def assert_safe_startup(settings: Settings) -> IssuerRegistry | None:
             )
         logger.warning(LOCAL_MODE_WARNING)
         return None
+    if settings.console_on and not settings.admin_token:
+        raise ConfigurationError(
+            "refusing to start: CDS_CONSOLE_ENABLED=true serves patient lists and charts, and "
+            "outside local mode its data routes need CDS_ADMIN_TOKEN; set it or turn the "
+            "console off"
+        )
     registry = IssuerRegistry.load(settings.trusted_issuers_file)
     if urlsplit(settings.public_base_url).scheme != "https" and not is_loopback_host(public_host):
         logger.warning(

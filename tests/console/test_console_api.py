@@ -136,8 +136,13 @@ def test_enabled_outside_local_mode_reads_only_the_configured_server(
     app_factory: Callable[..., FastAPI], tmp_path: Path
 ) -> None:
     fhir = CannedFhir({"patients": []})
-    app = app_factory(trusted_issuers_file=registry(tmp_path), console_enabled=True, fetcher=fhir)
-    client = TestClient(app)
+    app = app_factory(
+        trusted_issuers_file=registry(tmp_path),
+        console_enabled=True,
+        admin_token="admin-t0ken-for-the-console",
+        fetcher=fhir,
+    )
+    client = TestClient(app, headers={"Authorization": "Bearer admin-t0ken-for-the-console"})
     assert client.get("/console").status_code == 200
     typed = client.get("/console/api/patients", params={"fhirServer": "https://fhir.example"})
     assert "CDS_CONSOLE_FHIR_SERVER" in outcome(typed, 400)

@@ -582,3 +582,45 @@ def test_markdown_subset(browser: WebDriver, console_stack: ConsoleStack) -> Non
         ],
     )
     assert urls == ["https://a.example/x", "http://127.0.0.1/"] + [None] * 7
+
+
+def test_switching_patient_resets_drafts_and_feedback_log(
+    browser: WebDriver, console_stack: ConsoleStack
+) -> None:
+    """Ticked draft orders and the feedback log belong to one patient: after switching, "Select
+    orders" must not send the previous patient's drafts, and the log starts empty."""
+    driver = browser
+    start(driver, console_stack)
+    fire(driver, "fire-patient-view")
+    card = shown_cards(driver)[0]
+    card["element"].find_element(By.CSS_SELECTOR, ".btn-suggestion, .btn-dismiss").click()
+    if by_id(driver, "dismiss-dialog").is_displayed():
+        driver.find_element(By.CSS_SELECTOR, "#dismiss-form input[type=radio]").click()
+        by_id(driver, "dismiss-confirm").click()
+    wait_for(
+        driver,
+        lambda d: "POST /cds-services/" in by_id(d, "feedback-json").get_attribute("textContent"),
+        what="feedback logged",
+    )
+    by_id(driver, "order-sertraline").click()
+    assert by_id(driver, "order-sertraline").is_selected()
+
+    other = next(
+        o.get_attribute("value")
+        for o in Select(by_id(driver, "patient")).options
+        if o.get_attribute("value") not in ("", DEMO)
+    )
+    pick_patient(driver, other)
+    assert not any(
+        box.is_selected() for box in driver.find_elements(By.CSS_SELECTOR, "#draft-orders input")
+    )
+    assert by_id(driver, "feedback-json").get_attribute("textContent") == "No feedback sent yet."
+    assert by_id(driver, "request-json").get_attribute("textContent") == "No call yet."
+
+    by_id(driver, "order-sertraline").click()
+    fire(driver, "fire-order-select")
+    request = shown_request(driver)
+    assert request["context"]["patientId"] == other
+    drafts = request["context"]["draftOrders"]["entry"]
+    assert [d["resource"]["subject"]["reference"] for d in drafts] == [f"Patient/{other}"]
+    assert request["context"]["selections"] == ["MedicationRequest/draft-sertraline"]
