@@ -39,7 +39,12 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8080"
     host: str = "127.0.0.1"
     port: int = 8080
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    cors_origins: Annotated[list[str], NoDecode] | None = None
+    """Browser origins allowed to call the service. Unset: ``*`` when authenticated (the JWT
+    guards every call); in local mode only this service's own origin and the CDS Hooks Sandbox."""
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Local mode answers only requests whose ``Host`` is loopback (or this service's public
+    host); extra names here (DNS rebinding: a web page cannot read the service under its name)."""
     max_body_bytes: int = 5 * 1024 * 1024
     max_json_depth: int = 64
     max_concurrent_hooks: int = Field(default=16, ge=1)
