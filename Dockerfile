@@ -16,7 +16,9 @@ COPY pyproject.toml README.md ./
 COPY service/ service/
 COPY migrations/ migrations/
 COPY fhir_profiles/ fhir_profiles/
-RUN pip install --upgrade pip && pip install -e .
+# The base image's setuptools (65.x) has known vulnerabilities (CVE-2024-6345, CVE-2025-47273):
+# upgrade it with pip before installing (tests/test_dockerfile.py checks the floor).
+RUN pip install --upgrade pip "setuptools>=78.1.1" wheel && pip install -e .
 
 USER cds
 EXPOSE 8080

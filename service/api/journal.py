@@ -220,8 +220,9 @@ async def journal_advice(request: Request) -> Response:
     """The patient-view cards for the data the page sends, as the EHR's CDS call would give them
     (without the EHR's feedback history: the app shows every card the rules give)."""
     settings = _require_journal(request)
+    raw = await request.body()  # before the slot: a stalled body must not hold one
     async with request.app.state.hook_slots:
-        data = parse_json(await request.body(), max_depth=settings.max_json_depth)
+        data = parse_json(raw, max_depth=settings.max_json_depth)
         if not isinstance(data, dict):
             raise InvalidRequest("body must be a JSON object")
         patient_id = data.get("patientId")
