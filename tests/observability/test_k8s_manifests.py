@@ -131,3 +131,29 @@ def test_shutdown_fits_in_the_grace_period() -> None:
     assert int(pre_stop[1]) + GRACEFUL_SHUTDOWN_S < pod["terminationGracePeriodSeconds"]
     source = (Path(__file__).resolve().parents[2] / "service" / "cli.py").read_text()
     assert f"timeout_graceful_shutdown={GRACEFUL_SHUTDOWN_S}" in source
+
+
+def test_slow_clients_are_bounded_by_the_service_and_the_ingress() -> None:
+    """A stalled or trickling client is cut off by the proxy no later than by the service, and
+    the proxy buffers bodies, so no slow body ever reaches a pod (docs/operations.md §4a)."""
+    container = one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(container)
+    body_s, header_s = (
+        float(env["CDS_BODY_READ_TIMEOUT_S"]),
+        float(env["CDS_HEADER_READ_TIMEOUT_S"]),
+    )
+    assert 0 < body_s <= 10 and 0 < header_s <= 30
+    assert container["command"] == ["sleep-cds", "serve"]  # the protocol with the header deadline
+    ingress = one("Ingress")
+    notes = ingress["metadata"]["annotations"]
+    assert notes["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "on"
+    assert notes["nginx.ingress.kubernetes.io/proxy-body-size"] == "5m"
+    assert int(notes["nginx.ingress.kubernetes.io/limit-connections"]) > 0
+    controller = one("ConfigMap", "ingress-nginx-controller")["data"]
+    assert float(controller["client-header-timeout"]) <= header_s
+    assert float(controller["client-body-timeout"]) <= body_s
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    service = one("Service")
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    assert Settings().max_body_bytes == 5 * 1024 * 1024  # = proxy-body-size 5m
