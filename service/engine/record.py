@@ -865,6 +865,10 @@ def _times_per_day(timing: object) -> float | None:
     frequency = repeat.get("frequency", 1)
     period = repeat.get("period")
     unit = repeat.get("periodUnit")
+    if period is None and "frequency" not in repeat:
+        # Daily events without a period ("at bedtime", "08:00 and 20:00"): once per event a day.
+        events = repeat.get("when") or repeat.get("timeOfDay")
+        return float(len(events)) if isinstance(events, list) and 0 < len(events) <= 6 else None
     if repeat.get("frequencyMax") is not None or repeat.get("periodMax") is not None:
         return None  # a range ("1-2 times a day") has no single daily dose
     number, length = _number(frequency), _number(period)

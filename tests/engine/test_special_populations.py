@@ -187,6 +187,8 @@ def _dosage(value: float, unit: str, **timing: Any) -> dict[str, Any]:
         ([_dosage(600, "mg", repeat={"frequency": 3, "period": 1, "periodUnit": "d"})], 1800),
         ([_dosage(2, "{capsule}", repeat={"frequency": 1, "period": 12, "periodUnit": "h"})], 1200),
         ([_dosage(0.3, "g", code={"coding": [{"code": "TID"}]})], 900),
+        ([_dosage(300, "mg", repeat={"when": ["HS"]})], 300),
+        ([_dosage(150, "mg", repeat={"timeOfDay": ["08:00:00", "20:00:00"]})], 300),
         (
             [
                 _dosage(300, "mg", repeat={"frequency": 1, "period": 1, "periodUnit": "d"}),
