@@ -20,7 +20,7 @@ The windows come from the policy file; this module holds only the logic.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -208,7 +208,6 @@ class Verdict:
     hidden: bool
     until: datetime | None = None
     why: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def judge(
