@@ -542,3 +542,27 @@ def test_property_red_flags_stay_visible_no_5xx_and_other_ehrs_are_untouched(
     for iss in (A, B):
         assert "neurology-referral" in view(client, iss, pid)
     assert {t: rules_of(c) for t, c in view(client, C, pid).items()} == c_before
+
+
+def test_feedback_that_overtakes_the_audit_write_is_still_recognised(
+    two_ehrs: TestClient, clock: FrozenClock, database_url: str
+) -> None:
+    """The audit row is written after the response; feedback may arrive first. The replica that
+    issued the card knows it at once (here the audit write never happens at all)."""
+    group_commit = two_ehrs.app.state.db.group_commit  # type: ignore[attr-defined]
+    real_audit = group_commit.audit
+
+    async def never_written(record: Any) -> None:
+        raise ConnectionError("audit write lost")
+
+    group_commit.audit = never_written
+    try:
+        card = view(two_ehrs, A, "p1")["lab-check"]
+    finally:
+        group_commit.audit = real_audit
+    answer = send(two_ehrs, A, override(card, clock.now.isoformat()))
+    assert answer.json() == {"stored": 1, "duplicates": 0, "ignored": []}
+    assert "lab-check" not in view(two_ehrs, A, "p1")
+    # Another issuer cannot use the remembered card either.
+    other = send(two_ehrs, B, override(card, clock.now.isoformat()))
+    assert other.json()["ignored"][0]["reason"] == "unknown-card"
