@@ -848,7 +848,9 @@ class Evaluator:
         evidence: list[Evidence] = []
         above = False
         for med, drug in matched:
-            name = med.concept.label
+            # The ingredient in plain words ("gabapentin"), the record's wording after it.
+            ingredient, recorded = self._drug(spec.medication, med.concept)
+            name = f"{ingredient} (recorded as {recorded})" if recorded else ingredient
             dose = f"{_fmt(med.daily_mg)} mg/day" if med.daily_mg is not None else None
             if kidney is None:
                 line = (
@@ -869,9 +871,9 @@ class Evaluator:
                     line = f"{name}: dose not on record; {where}"
                 elif med.daily_mg is not None and med.daily_mg > limit.max_daily_mg:
                     above = True
-                    line = f"{name} {dose} is above {where}"
+                    line = f"{name}: {dose} is above {where}"
                 else:
-                    line = f"{name} {dose} is within {where}"
+                    line = f"{name}: {dose} is within {where}"
                 line += f" ({drug.source})"
             lines.append(line)
             evidence.append(
