@@ -67,6 +67,18 @@ def test_pages_are_same_origin_only(client: TestClient) -> None:
         outcome(client.get(other), 404)
 
 
+def test_static_files_are_gzipped_for_browsers_that_accept_it(client: TestClient) -> None:
+    plain = client.get("/journal/journal.js", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    packed = client.get("/journal/journal.js", headers={"Accept-Encoding": "gzip, br"})
+    assert packed.headers["content-encoding"] == "gzip"
+    assert "Accept-Encoding" in packed.headers["vary"]
+    assert packed.content == plain.content  # the client undid the gzip: same file
+    assert int(packed.headers["content-length"]) < len(plain.content) / 2
+    config = client.get("/journal/api/config", headers={"Accept-Encoding": "gzip"})
+    assert config.headers["content-encoding"] == "gzip" and config.json()["clientId"]
+
+
 def test_vendored_smart_client_is_pinned_with_its_licence(client: TestClient) -> None:
     served = client.get("/journal/fhirclient-2.6.3.min.js")
     assert served.headers["content-type"] == "text/javascript; charset=utf-8"
