@@ -36,6 +36,9 @@ PATIENT_VIEW_KEYS = (
     "medicationRequests",
     "medicationStatements",
     "journal",
+    "serviceRequests",
+    "procedures",
+    "diagnosticReports",
 )
 
 

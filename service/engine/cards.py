@@ -19,6 +19,7 @@ from jinja2 import Template
 
 from service.engine import orders
 from service.engine.evaluate import SEVERITY, RuleOutcome
+from service.engine.prefetch import OPTIONAL_CATEGORIES, needs
 from service.engine.record import PatientRecord
 from service.engine.suppression import RuleRef, SuggestionRef
 from service.knowledge import schema
@@ -29,6 +30,10 @@ SUMMARY_MAX = 139
 MISSING_DATA_NOTE = (
     "**Data that could not be read:** {categories}. Rules that need these data were not "
     "evaluated; absence of a card is not evidence of a normal result."
+)
+OPTIONAL_DATA_NOTE = (
+    "**Data that could not be read:** {categories}. An order or result already on the record "
+    "would have held this card back: check the record before acting on it."
 )
 
 
@@ -158,6 +163,13 @@ class CardComposer:
             for name, analyte in kb.analytes.items()
             if analyte.order is not None
         }
+        # Optional data each rule reads: its note goes only on cards of rules that read it.
+        self._optional_reads: dict[str, frozenset[str]] = {}
+        for rule in kb.rules:
+            reads: set[str] = set()
+            for tree in (rule.when, *(e.when for e in rule.card.escalate)):
+                reads |= needs(tree)[0]
+            self._optional_reads[rule.id] = frozenset(reads & OPTIONAL_CATEGORIES)
         self._override_reasons = [
             {"system": CODESYSTEM_URL, "code": r.code, "display": r.display}
             for r in kb.policy.override_reasons
@@ -246,10 +258,14 @@ class CardComposer:
             refs = "; ".join(f"[{s.label}]({s.url})" for s in rule.sources)
             lines += ["", f"Source: {refs} (rule {rule.id} v{rule.version})"]
             sections.append("\n".join(lines))
-        if record.unavailable:
-            sections.append(
-                MISSING_DATA_NOTE.format(categories=", ".join(sorted(record.unavailable)))
-            )
+        required = record.unavailable - OPTIONAL_CATEGORIES
+        if required:
+            sections.append(MISSING_DATA_NOTE.format(categories=", ".join(sorted(required))))
+        optional = record.unavailable & frozenset().union(
+            *(self._optional_reads.get(o.rule.id, frozenset()) for o in fired)
+        )
+        if optional:
+            sections.append(OPTIONAL_DATA_NOTE.format(categories=", ".join(sorted(optional))))
         return "\n\n---\n\n".join(sections)
 
     def _suggestions(

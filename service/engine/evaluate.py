@@ -11,6 +11,7 @@ import operator
 import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Literal, TypeVar, get_args
 
 from service.engine.record import (
@@ -21,6 +22,7 @@ from service.engine.record import (
     LabResult,
     MedicationUse,
     PatientRecord,
+    ProcedureEvent,
 )
 from service.knowledge import schema
 from service.knowledge.base import KnowledgeBase
@@ -334,6 +336,19 @@ class Program:
                     journal_phrase(kb, journal),
                 ),
             )
+        if isinstance(node, schema.ProcedureCond):
+            procedure = node.procedure
+            valueset = kb.valuesets[procedure.valueset]
+            key = ("procedure", _freeze(procedure.model_dump()))
+            states = "/".join(procedure.states)
+            return self._make(
+                key,
+                Evaluator._procedure,
+                (),
+                procedure,
+                f"procedure {valueset.title} {states}",
+                (escape_markdown(valueset.title),),
+            )
         if isinstance(node, schema.AgeCond):
             age = node.age
             key = ("age", _freeze(age.model_dump()))
@@ -569,15 +584,18 @@ class Evaluator:
             text += f" (= {_fmt(lab.value)} {unit})"
         text += f" on {lab.when.isoformat()}"
         low, high = lab.ref_low, lab.ref_high
+        # The comparison signs are ours, not data: mid-line ">" and "< " need no Markdown escape.
+        reference = ""
         if low is not None and high is not None:
-            text += f"; reference {_fmt(low)} to {_fmt(high)} {unit}"
+            reference = f"; reference {_fmt(low)} to {_fmt(high)} {escape_markdown(unit)}"
         elif low is not None:
-            text += f"; reference > {_fmt(low)} {unit}"
+            reference = f"; reference > {_fmt(low)} {escape_markdown(unit)}"
         elif high is not None:
-            text += f"; reference < {_fmt(high)} {unit}"
-        if lab.interpretation:
-            text += f"; flagged {', '.join(sorted(lab.interpretation))}"
-        return escape_markdown(text.replace("  ", " ").rstrip())
+            reference = f"; reference < {_fmt(high)} {escape_markdown(unit)}"
+        flags = f"; flagged {', '.join(sorted(lab.interpretation))}" if lab.interpretation else ""
+        return (
+            escape_markdown(text.replace("  ", " ").rstrip()) + reference + escape_markdown(flags)
+        )
 
     def _lab_binding(self, lab: LabResult) -> dict[str, Any]:
         shown = self.kb.show_unit(lab.raw_unit)
@@ -988,6 +1006,49 @@ class Evaluator:
                 }
         return result
 
+    def _procedure(self, node: Node) -> Result:
+        spec: schema.ProcedureSpec = node.spec
+        label = node.label
+        as_of = self.record.as_of
+        found = []
+        for event in self.record.procedures:
+            if event.state not in spec.states or not self._member(spec.valueset, event.concept):
+                continue
+            if spec.exclude_valueset and self._member(spec.exclude_valueset, event.concept):
+                continue
+            age = None if event.when is None else (as_of - event.when).days
+            if spec.within_days is not None and (age is None or age > spec.within_days):
+                continue
+            if spec.min_days_ago and (age is None or age < spec.min_days_ago):
+                continue
+            found.append(event)
+        if not found:
+            if self._unavailable("procedures") and spec.if_unreadable == "unknown":
+                return self._result(label, None, "procedures could not be read")
+            return self._result(label, False)
+        found.sort(key=_event_date, reverse=True)
+        names = sorted({e.concept.label for e in found})
+        result = self._result(label, True, ", ".join(names))
+        title = node.data[0]
+        result.evidence = [
+            Evidence(
+                "procedure",
+                f"{'Done' if e.state == 'done' else 'Ordered'}: {escape_markdown(e.concept.label)}"
+                f" ({title})" + (f" on {e.when.isoformat()}" if e.when else ""),
+                f"procedure:{e.ref}:{e.state}:{e.when}",
+                e.ref,
+            )
+            for e in found[:3]
+        ]
+        if spec.as_:
+            newest = found[0]
+            result.bindings[spec.as_] = {
+                "names": ", ".join(names),
+                "state": newest.state,
+                "date": newest.when,
+            }
+        return result
+
     def _age(self, node: Node) -> Result:
         spec: schema.AgeSpec = node.spec
         age = self.record.age_years
@@ -1025,6 +1086,10 @@ _NO_URLS: frozenset[str] = frozenset()
 
 def _first(pair: tuple[int, Finding]) -> int:
     return pair[0]
+
+
+def _event_date(event: ProcedureEvent) -> date:
+    return event.when or date.min
 
 
 def _word(value: Truth) -> str:

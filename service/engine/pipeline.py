@@ -15,7 +15,13 @@ from typing import Any, Protocol
 from service import metrics
 from service.engine.cards import CardComposer, CardMeta
 from service.engine.evaluate import RuleEngine, RuleOutcome
-from service.engine.prefetch import KEY_CATEGORY, fill_template, read_prefetch, templates_for
+from service.engine.prefetch import (
+    KEY_CATEGORY,
+    OPTIONAL_CATEGORIES,
+    fill_template,
+    read_prefetch,
+    templates_for,
+)
 from service.engine.record import PatientRecord, RecordReader
 from service.errors import PrefetchUnavailable
 from service.knowledge.base import KnowledgeBase
@@ -149,11 +155,16 @@ class HookPipeline:
         resources = list(prefetched.resources)
         unavailable: set[str] = set()
         fetches: dict[str, str] = {}
+        if to_fetch and not (call.fhir_server and self.fetcher is not None):
+            # Optional data (a study already done) never fails the call: it is marked unreadable.
+            optional = [k for k in to_fetch if KEY_CATEGORY[k] in OPTIONAL_CATEGORIES]
+            unavailable.update(KEY_CATEGORY[k] for k in optional)
+            to_fetch = [k for k in to_fetch if k not in optional]
         if to_fetch:
             if not call.fhir_server or self.fetcher is None:
                 raise PrefetchUnavailable(
                     "Prefetch keys absent and no fhirServer to fetch them from: "
-                    + ", ".join(sorted(prefetched.missing))
+                    + ", ".join(sorted(to_fetch))
                 )
             fetched = await self._fetch(call, {k: templates[k] for k in to_fetch}, self.deadline_s)
             for key in to_fetch:

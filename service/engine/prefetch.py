@@ -38,6 +38,21 @@ _KEYS: dict[str, tuple[str, str]] = {
         f"MedicationStatement?patient={PATIENT}&status=active,intended",
     ),
     "journal": ("journal", f"QuestionnaireResponse?patient={PATIENT}&questionnaire="),
+    # Procedures and studies the rules ask about (a sleep study already ordered or done), by the
+    # codes of the ValueSets they name.
+    "serviceRequests": (
+        "procedures",
+        f"ServiceRequest?patient={PATIENT}&status=active,on-hold,completed&code=",
+    ),
+    "procedures": (
+        "procedures",
+        f"Procedure?patient={PATIENT}&status=preparation,in-progress,on-hold,completed&code=",
+    ),
+    "diagnosticReports": (
+        "procedures",
+        f"DiagnosticReport?patient={PATIENT}"
+        "&status=partial,preliminary,final,amended,corrected,appended&code=",
+    ),
 }
 
 KEY_CATEGORY = {key: category for key, (category, _) in _KEYS.items()}
@@ -47,6 +62,11 @@ _INCLUDES = {
     "medicationRequests": "&_include=MedicationRequest:medication",
     "medicationStatements": "&_include=MedicationStatement:medication",
 }
+OPTIONAL_CATEGORIES = frozenset({"procedures"})
+"""Data a rule reads only to hold back a recommendation (a study already done). When such a key
+is absent and there is no fhirServer to fetch it from, the call goes on with the data marked
+unavailable (the card says so) instead of failing with 412: an EHR configured before the key
+existed still gets every card."""
 
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 
@@ -61,10 +81,11 @@ def fill_template(template: str, values: Mapping[str, str]) -> str:
     return _TOKEN.sub(lambda m: quote(values[m.group(1)], safe=""), template)
 
 
-def _needs(node: schema.Condition) -> tuple[set[str], set[str]]:
-    """(data categories, analytes) a condition tree reads."""
+def needs(node: schema.Condition) -> tuple[set[str], set[str], set[str]]:
+    """(data categories, analytes, procedure ValueSets) a condition tree reads."""
     categories: set[str] = set()
     analytes: set[str] = set()
+    procedures: set[str] = set()
     for item in iter_conditions(node):
         if isinstance(item, schema.FindingCond):
             kinds = {"condition": "conditions", "observation": "symptoms", "journal": "journal"}
@@ -86,7 +107,10 @@ def _needs(node: schema.Condition) -> tuple[set[str], set[str]]:
             categories.add("journal")
         elif isinstance(item, schema.AgeCond):
             categories.add("patient")
-    return categories, analytes
+        elif isinstance(item, schema.ProcedureCond):
+            categories.add("procedures")
+            procedures.add(item.procedure.valueset)
+    return categories, analytes, procedures
 
 
 def _reads_completed(trees: list[schema.Condition]) -> bool:
@@ -110,10 +134,12 @@ def templates_for(kb: KnowledgeBase, hook: str) -> dict[str, str]:
         trees.extend(kb.policy.populations[name].when for name in rule.exclude_populations)
     if any(r.requires_complaint for r in rules):
         trees.append(kb.policy.complaint)
+    studies: set[str] = set()
     for tree in trees:
-        needed, used = _needs(tree)
+        needed, used, valuesets = needs(tree)
         categories |= needed
         analytes |= used
+        studies |= valuesets
     for rule in rules:
         for suggestion in rule.suggestions:
             analytes.update(suggestion.missing_labs)
@@ -132,6 +158,14 @@ def templates_for(kb: KnowledgeBase, hook: str) -> dict[str, str]:
             template += kb.journal_url
         elif category == "medications" and _reads_completed(trees):
             template += ",completed"  # "given in the last N days" reads completed courses
+        elif category == "procedures":
+            template += ",".join(
+                sorted(
+                    f"{system}|{code}"
+                    for url in studies
+                    for system, code in kb.valuesets[url].codes
+                )
+            )
         template += _INCLUDES.get(key, "")
         templates[key] = template
     return templates

@@ -28,6 +28,15 @@ ACTIVE_REQUEST_STATUS = frozenset({"active", "on-hold"})
 ACTIVE_STATEMENT_STATUS = frozenset({"active", "intended"})
 COMPLETED_MEDICATION_STATUS = "completed"
 COMPLETED_JOURNAL_STATUS = frozenset({"completed", "amended"})
+# Procedures and studies: what "ordered" and "done" mean for each resource type (FHIR R4 status
+# value sets). A draft ServiceRequest is an order being written: the order hooks judge it.
+ORDERED_REQUEST_STATUS = frozenset({"active", "on-hold"})
+DONE_REQUEST_STATUS = frozenset({"completed"})
+ORDERED_PROCEDURE_STATUS = frozenset({"preparation", "in-progress", "on-hold"})
+DONE_PROCEDURE_STATUS = frozenset({"completed"})
+DONE_REPORT_STATUS = frozenset(
+    {"partial", "preliminary", "final", "amended", "corrected", "appended"}
+)
 SYMPTOM_CATEGORIES = frozenset({"survey", "exam"})
 UCUM = "http://unitsofmeasure.org"
 MAX_ITEM_DEPTH = 8
@@ -37,7 +46,15 @@ _CLAUSE = re.compile(r"[.,;:()\[\]|]| - | \u2013 ")
 
 # Data categories: one per prefetch key family, so a failed query disables only the rules that
 # need that data.
-CATEGORIES = ("patient", "conditions", "observations", "symptoms", "medications", "journal")
+CATEGORIES = (
+    "patient",
+    "conditions",
+    "observations",
+    "symptoms",
+    "medications",
+    "journal",
+    "procedures",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +122,16 @@ class DraftOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcedureEvent:
+    """A procedure or study on the record: ordered (not yet done) or done."""
+
+    state: Literal["ordered", "done"]
+    ref: str
+    concept: Concept
+    when: date | None
+
+
+@dataclass(frozen=True, slots=True)
 class JournalNight:
     ref: str
     night: date
@@ -127,6 +154,7 @@ class PatientRecord:
     """Completed courses, read only for "given recently" (``recent_days``) conditions."""
     drafts: list[DraftOrder] = field(default_factory=list)
     nights: list[JournalNight] = field(default_factory=list)
+    procedures: list[ProcedureEvent] = field(default_factory=list)
     unavailable: frozenset[str] = frozenset()
     skipped: int = 0
 
@@ -292,6 +320,8 @@ class RecordReader:
         self.journal_url = kb.journal_url
         self.absent_codes = frozenset(c.code for c in kb.policy.absent_codes)
         self.not_about_patient = kb.not_about_patient
+        self.negation_after = kb.negation_after
+        self.negation_breaks = kb.negation_breaks
         self._conversions = {name: a.conversions for name, a in kb.analytes.items()}
         self._units = {name: a.unit for name, a in kb.analytes.items()}
         self._lookback = kb.policy.finding_lookback_days
@@ -304,19 +334,36 @@ class RecordReader:
         }
 
     def _codes_only(self, concept: Concept | None) -> Concept | None:
-        """Clauses that negate or are about someone else ("family history of epilepsy", "no
-        seizures") are removed from the text synonyms are matched in; the rest of the text
-        ("Hypnic jerks - no seizures" → "hypnic jerks") and every code still count."""
-        if concept is None or not concept.text or self.not_about_patient is None:
+        """The concept with negated text removed, NegEx-style, so text synonyms match only what
+        is asserted about the patient; every code still counts.
+
+        Within each clause (split at punctuation, " - ", " | " and scope breaks such as "but"),
+        a trigger before a term negates the rest of the clause ("hypnic jerks, no seizures" keeps
+        "hypnic jerks"); a trigger after a term negates the clause up to it ("rls ruled out").
+        "Restless legs not controlled on gabapentin" keeps "restless legs": its "not" follows."""
+        before = self.not_about_patient
+        if concept is None or not concept.text or before is None:
             return concept
-        pattern = self.not_about_patient
-        clauses = _CLAUSE.split(concept.text)
-        kept = [c for c in clauses if not pattern.search(c)]
-        if len(kept) == len(clauses):
+        after, breaks = self.negation_after, self.negation_breaks
+        if not before.search(concept.text) and not (after and after.search(concept.text)):
             return concept
-        return Concept(
-            concept.codings, " | ".join(c.strip() for c in kept if c.strip()), concept.label
-        )
+        kept: list[str] = []
+        for clause in _CLAUSE.split(concept.text):
+            segments = breaks.split(clause) if breaks is not None else [clause]
+            for segment in segments:
+                start = 0
+                if after is not None:
+                    for found in after.finditer(segment):
+                        start = found.end()
+                first = before.search(segment)
+                end = first.start() if first is not None else len(segment)
+                text = segment[start:end].strip() if start < end else ""
+                if text:
+                    kept.append(text)
+        text = " | ".join(kept)
+        if text == concept.text:
+            return concept
+        return Concept(concept.codings, text, concept.label)
 
     def read(
         self,
@@ -361,6 +408,8 @@ class RecordReader:
                     self._journal(record, resource)
                 elif kind == "Patient":
                     self._patient(record, resource)
+                elif kind in ("ServiceRequest", "Procedure", "DiagnosticReport"):
+                    self._procedure(record, resource, kind, ref)
             except (TypeError, ValueError, AttributeError, KeyError, IndexError):
                 record.skipped += 1
         for resource in pending_meds:
@@ -470,6 +519,46 @@ class RecordReader:
         if clinical is None and (when is None or (record.as_of - when).days > lookback):
             return
         record.findings.append(Finding("condition", _ref(resource), concept, when))
+
+    # Procedures and studies ------------------------------------------------------------------
+
+    def _procedure(
+        self, record: PatientRecord, resource: dict[str, Any], kind: str, ref: str
+    ) -> None:
+        """An ordered or done study (a sleep study already requested or reported)."""
+        status = resource.get("status")
+        state: Literal["ordered", "done"]
+        if kind == "ServiceRequest":
+            if status in DONE_REQUEST_STATUS:
+                state = "done"
+            elif status in ORDERED_REQUEST_STATUS and resource.get("intent") != "proposal":
+                state = "ordered"
+            else:
+                return
+            when = parse_date(resource.get("occurrenceDateTime")) or parse_date(
+                resource.get("authoredOn")
+            )
+        elif kind == "Procedure":
+            if status in DONE_PROCEDURE_STATUS:
+                state = "done"
+            elif status in ORDERED_PROCEDURE_STATUS:
+                state = "ordered"
+            else:
+                return
+            period = resource.get("performedPeriod")
+            when = parse_date(resource.get("performedDateTime")) or (
+                parse_date(period.get("start")) if isinstance(period, dict) else None
+            )
+        else:
+            if status not in DONE_REPORT_STATUS:
+                return
+            state = "done"
+            when = self._effective(resource)
+        concept = self._codes_only(concept_of(resource.get("code")))
+        if concept is None:
+            record.skipped += 1
+            return
+        record.procedures.append(ProcedureEvent(state, ref, concept, when))
 
     # Observation -----------------------------------------------------------------------------
 

@@ -45,6 +45,8 @@ class KnowledgeBase:
     """linkId → what the clinician reads (the item code's display)."""
     analyte_by_code: dict[tuple[str, str], str] = field(default_factory=dict)
     not_about_patient: re.Pattern[str] | None = None
+    negation_after: re.Pattern[str] | None = None
+    negation_breaks: re.Pattern[str] | None = None
     journal_options: dict[str, dict[str, str]] = field(default_factory=dict)
     """linkId → answer code → display, for choice items."""
     unit_display: dict[str, str] = field(default_factory=dict)
@@ -115,6 +117,7 @@ def _bindings(node: schema.Condition) -> dict[str, str]:
             "renal_dose",
             "draft_order",
             "journal",
+            "procedure",
         ):
             spec = getattr(item, op_name, None)
             if spec is not None and spec.as_:
@@ -177,6 +180,13 @@ class _Checker:
                     self.valueset(
                         f"{where} field 'draft_order.exclude_valueset'",
                         item.draft_order.exclude_valueset,
+                    )
+            elif isinstance(item, schema.ProcedureCond):
+                self.valueset(f"{where} field 'procedure.valueset'", item.procedure.valueset)
+                if item.procedure.exclude_valueset:
+                    self.valueset(
+                        f"{where} field 'procedure.exclude_valueset'",
+                        item.procedure.exclude_valueset,
                     )
             elif (
                 isinstance(item, schema.JournalCond) and item.journal.item not in self.journal_items
@@ -358,6 +368,8 @@ def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
         journal_labels={k: label for k, (_, label) in journal.items()},
         analyte_by_code=analyte_by_code,
         not_about_patient=_phrase_pattern(policy.not_about_patient_phrases),
+        negation_after=_phrase_pattern(policy.negation_after_phrases),
+        negation_breaks=_phrase_pattern(policy.negation_scope_breaks),
         journal_options=journal_options,
         unit_display=analyte_file.unit_display,
     )

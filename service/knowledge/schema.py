@@ -149,6 +149,30 @@ class JournalSpec(_Strict):
     as_: str | None = Field(default=None, alias="as")
 
 
+ProcedureState = Literal["ordered", "done"]
+
+
+class ProcedureSpec(_Strict):
+    """A procedure or study in a ValueSet that is ordered (an active ServiceRequest, or a
+    Procedure in progress) or done (a completed ServiceRequest or Procedure, or a
+    DiagnosticReport), dated within ``within_days`` and at least ``min_days_ago`` old.
+
+    ``if_unreadable``: ``unknown`` (default) makes the leaf unknown when procedures could not be
+    read; ``absent`` treats them as not found. Use ``absent`` only where the leaf suppresses a
+    recommendation (a study already done): the card then shows, with the missing-data note,
+    rather than a referral being hidden because the query failed.
+    """
+
+    valueset: str
+    exclude_valueset: str | None = None
+    """Not these (a home sleep test whose display says "sleep study" is not an in-lab PSG)."""
+    states: tuple[ProcedureState, ...] = ("ordered", "done")
+    within_days: int | None = Field(default=None, ge=1)
+    min_days_ago: int = Field(default=0, ge=0)
+    if_unreadable: Literal["unknown", "absent"] = "unknown"
+    as_: str | None = Field(default=None, alias="as")
+
+
 class AgeSpec(_Strict):
     op: Comparator
     years: int = Field(ge=0)
@@ -188,6 +212,10 @@ class JournalCond(_Strict):
 
 class AgeCond(_Strict):
     age: AgeSpec
+
+
+class ProcedureCond(_Strict):
+    procedure: ProcedureSpec
 
 
 # --- combinators ------------------------------------------------------------------------------
@@ -234,6 +262,7 @@ _OPERATORS: dict[str, type[Any]] = {
     "draft_order": DraftOrderCond,
     "journal": JournalCond,
     "age": AgeCond,
+    "procedure": ProcedureCond,
 }
 
 
@@ -261,13 +290,14 @@ Condition = Annotated[
     | Annotated[RenalDoseCond, Tag("renal_dose")]
     | Annotated[DraftOrderCond, Tag("draft_order")]
     | Annotated[JournalCond, Tag("journal")]
-    | Annotated[AgeCond, Tag("age")],
+    | Annotated[AgeCond, Tag("age")]
+    | Annotated[ProcedureCond, Tag("procedure")],
     Discriminator(
         _operator_of,
         custom_error_type="unknown_operator",
         custom_error_message="a condition must be a mapping with exactly one operator key: "
         "all, any, not, at_least, finding, lab, lab_missing, medication, "
-        "medication_before_finding, renal_dose, draft_order, journal, age",
+        "medication_before_finding, renal_dose, draft_order, journal, age, procedure",
     ),
 ]
 
@@ -449,7 +479,12 @@ class Policy(_Strict):
     critical_override_max_hours: int = Field(ge=0)
     topics: tuple[CodingSpec, ...] = Field(min_length=1)
     not_about_patient_phrases: tuple[str, ...] = ()
-    """Text that negates a finding or is about someone else: no text-synonym match."""
+    """NegEx-style triggers before a term ("no", "denies", "family history of"): the rest of
+    the clause after the trigger is not about the patient."""
+    negation_after_phrases: tuple[str, ...] = ()
+    """Triggers after a term ("ruled out"): the clause up to the trigger is negated."""
+    negation_scope_breaks: tuple[str, ...] = ()
+    """Words that end a negation's scope inside a clause ("no seizures but restless legs")."""
     absent_codes: tuple[CodingSpec, ...] = ()
     """Observation values and interpretations meaning "symptom not present"."""
     populations: dict[str, PopulationSpec] = Field(default_factory=dict)

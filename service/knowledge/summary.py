@@ -78,6 +78,18 @@ def describe(node: schema.Condition, kb: KnowledgeBase) -> str:
         )
     if isinstance(node, schema.AgeCond):
         return f"age {node.age.op} {node.age.years} years"
+    if isinstance(node, schema.ProcedureCond):
+        pr = node.procedure
+        text = f"{kb.valuesets[pr.valueset].title} {' or '.join(pr.states)}"
+        if pr.exclude_valueset:
+            text = f"{text} (not {kb.valuesets[pr.exclude_valueset].title})"
+        if pr.within_days:
+            text += f" in the last {pr.within_days} days"
+        if pr.min_days_ago:
+            text += f", at least {pr.min_days_ago} days ago"
+        if pr.if_unreadable == "absent":
+            text += " (unreadable counts as none)"
+        return text
     raise TypeError(type(node).__name__)  # pragma: no cover
 
 

@@ -102,12 +102,12 @@ def test_patient_view_rules_are_explained(
     not_fired = RULES["patient-view"] - 3
     assert f"   rules: 2 fired, 0 not-evaluable, {not_fired} not-fired, 1 not-applicable" in out
     fired = [line for line in out.splitlines() if line.startswith("   FIRED")]
-    assert [line.split()[1] for line in fired] == [
-        "osa-evaluation@1.0.0",
-        "plmd-polysomnography@1.0.0",
+    assert [line.split()[1].split("@")[0] for line in fired] == [
+        "osa-evaluation",
+        "plmd-polysomnography",
     ]
     assert "(sleep-study-referral, warning)  Suspected periodic limb movement disorder" in out
-    assert "       evidence: Epworth Sleepiness Scale 14 {score} on 2026-11-12" in out
+    assert "       evidence: Epworth Sleepiness Scale 14 points on 2026-11-12" in out
     assert "       trace: lab Epworth Sleepiness Scale > 10 {score}: true" in out
     kicks = [line for line in out.splitlines() if line.startswith("       evidence: Sleep journal")]
     assert any("kicks" in line.lower() and "5 of 7 nights" in line for line in kicks), kicks
@@ -131,7 +131,8 @@ def test_no_prefetch_json_shows_the_service_s_own_fetches(
     status = {r["rule"].split("@")[0]: r for r in answer["rules"]}
     assert status["rls-iron-studies"]["status"] == "fired"
     assert "No Ferritin result on file" in status["rls-iron-studies"]["evidence"]
-    assert status["missing-key-labs"]["status"] == "fired"
+    # RLS without cramps, diuretics or PPIs: electrolytes are not part of the RLS work-up.
+    assert status["missing-key-labs"]["status"] == "not-fired"
     assert status["abnormal-tsh"]["status"] == "not-fired"
     assert status["abnormal-tsh"]["reason"] == "conditions not met"
     assert [c["indicator"] for c in answer["cards"]] == ["warning"]

@@ -345,11 +345,11 @@ def test_medication_reference_is_resolved_through_the_fallback(
     read = "/pass/fhir/Medication/demo-03-pramipexole"
     with BadFhirServer(upstream=demo_fhir) as proxy:
         base = proxy.url("pass")
-        # No prefetch: seven searches, then one read of the referenced Medication.
+        # No prefetch: one search per prefetch key, then one read of the referenced Medication.
         response = call(client, "patient-view", "demo-03", fhir_server=base)
         targets = [r.target for r in proxy.requests_for("pass")]
         assert [t for t in targets if "/Medication/" in t] == [read]
-        assert len(targets) == 8
+        assert len(targets) == len(PATIENT_VIEW_KEYS) + 1
         fetched = response.json()["cards"]
         review = next(c for c in fetched if c["source"]["topic"]["code"] == "medication-review")
         assert review["indicator"] == "warning"
@@ -427,7 +427,7 @@ def test_bearer_token_reaches_the_fhir_server(
         assert response.status_code == 200, response.text
         assert cards_of(response.json()["cards"]) == expected  # SEKMET accepted the token
         seen = proxy.requests_for("pass")
-        assert len(seen) == 8  # seven searches and the Medication read
+        assert len(seen) == len(PATIENT_VIEW_KEYS) + 1  # the searches and the Medication read
         assert {r.headers.get("authorization") for r in seen} == {f"Bearer {TEST_BEARER}"}
 
         # Without fhirAuthorization every query is refused (401): nothing at all → 412.

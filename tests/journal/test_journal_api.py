@@ -186,6 +186,9 @@ def demo_prefetch(name: str) -> tuple[str, dict[str, Any]]:
         "medicationRequests": search("MedicationRequest"),
         "medicationStatements": search("MedicationStatement"),
         "journal": search("QuestionnaireResponse"),
+        "serviceRequests": search("ServiceRequest"),
+        "procedures": search("Procedure"),
+        "diagnosticReports": search("DiagnosticReport"),
     }
 
 

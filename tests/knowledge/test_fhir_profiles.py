@@ -394,7 +394,10 @@ def test_lab_valuesets_are_loinc_only() -> None:
     assert (LOINC, "29265-6") not in expansion_keys(valueset("lab-calcium-total"))
     assert expansion_keys(valueset("lab-calcium-corrected")) == {(LOINC, "29265-6")}
     assert (LOINC, "1558-6") not in expansion_keys(valueset("lab-glucose"))
-    assert expansion_keys(valueset("lab-glucose-fasting")) == {(LOINC, "1558-6")}
+    assert expansion_keys(valueset("lab-glucose-fasting")) == {
+        (LOINC, "1558-6"),
+        (LOINC, "14771-0"),
+    }
 
 
 # --------------------------------------------------------------------------- drug classes
