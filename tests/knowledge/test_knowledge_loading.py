@@ -101,7 +101,7 @@ def test_journal_items_must_exist_in_the_questionnaire(knowledge_copy: Path) -> 
     _edit_rule(
         knowledge_copy,
         "persistent-jerks-referral",
-        lambda d: d["when"]["journal"].update(item="dreams"),
+        lambda d: d["when"]["any"][0]["journal"].update(item="dreams"),
     )
     with pytest.raises(KnowledgeError, match="'dreams' is not an item of the sleep-journal"):
         _load(knowledge_copy)
