@@ -221,6 +221,24 @@ async def _issued(request: Request, uuids: list[str]) -> dict[str, IssuedCard]:
     return found
 
 
+def _hold_row(scope: Scope, hold: Hold) -> dict[str, Any]:
+    """The ``suppression`` row (column values) of one hold."""
+    return {
+        "patient_id": scope.patient_id,
+        "rule_key": hold.rule_key,
+        "issuer": scope.issuer,
+        "tenant": scope.tenant,
+        "rule": hold.rule,
+        "card_uuid": hold.card_uuid,
+        "outcome": hold.outcome,
+        "reason_code": hold.reason_code,
+        "starts_at": hold.starts_at,
+        "until": hold.until,
+        "until_ordered": list(hold.until_ordered),
+        "unless_drafted": list(hold.unless_drafted),
+    }
+
+
 def _parse_time(i: int, value: str) -> datetime:
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -303,23 +321,7 @@ async def receive(
                 reason_code=reason.code if reason else None,
                 comment=entry.overrideReason.userComment if entry.overrideReason else None,
                 decided_at=starts,
-                holds=tuple(
-                    {
-                        "patient_id": card.scope.patient_id,
-                        "rule_key": h.rule_key,
-                        "issuer": card.scope.issuer,
-                        "tenant": card.scope.tenant,
-                        "rule": h.rule,
-                        "card_uuid": h.card_uuid,
-                        "outcome": h.outcome,
-                        "reason_code": h.reason_code,
-                        "starts_at": h.starts_at,
-                        "until": h.until,
-                        "until_ordered": list(h.until_ordered),
-                        "unless_drafted": list(h.unless_drafted),
-                    }
-                    for h in holds
-                ),
+                holds=tuple(_hold_row(card.scope, h) for h in holds),
             )
         )
     stored = duplicates = 0
