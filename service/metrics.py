@@ -96,7 +96,8 @@ RESOURCES_SKIPPED = Counter(
 )
 FEEDBACK_ITEMS = Counter(
     "cds_feedback_items_total",
-    "Feedback items by result: stored (new row), duplicate (already stored), not-stored (503).",
+    "Feedback items by result: stored (new row), duplicate (already stored), not-stored (503), "
+    "ignored (no such card or suggestion issued to the caller), throttled (429).",
     ["service", "result"],
     registry=REGISTRY,
 )
@@ -162,13 +163,21 @@ def observe_fhir(results: Mapping[str, Any], outcomes: Mapping[str, str]) -> Non
             FHIR_SECONDS.labels(outcome=outcome).observe(elapsed_ms / 1000.0)
 
 
-def observe_feedback(service: str, *, stored: int, duplicates: int, outcomes: list[str]) -> None:
+def observe_feedback(
+    service: str, *, stored: int, duplicates: int, outcomes: list[str], ignored: int = 0
+) -> None:
+    if ignored:
+        FEEDBACK_ITEMS.labels(service=service, result="ignored").inc(ignored)
     if stored:
         FEEDBACK_ITEMS.labels(service=service, result="stored").inc(stored)
     if duplicates:
         FEEDBACK_ITEMS.labels(service=service, result="duplicate").inc(duplicates)
     for outcome in outcomes:
         FEEDBACK_OUTCOMES.labels(service=service, outcome=outcome).inc()
+
+
+def observe_feedback_throttled(service: str, items: int) -> None:
+    FEEDBACK_ITEMS.labels(service=service, result="throttled").inc(items)
 
 
 def observe_feedback_failed(service: str, items: int) -> None:

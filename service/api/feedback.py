@@ -267,6 +267,7 @@ async def receive(
     issuer = own.issuer
     limit = _state(request).limit
     if limit is not None and not limit.take(issuer, len(entries)):
+        metrics.observe_feedback_throttled(service_id, len(entries))
         raise TooManyRequests(
             f"feedback: more than {settings.feedback_rate_per_minute} items per minute from "
             "this issuer; retry later"
@@ -339,6 +340,10 @@ async def receive(
             raise StorageUnavailable("Feedback could not be stored; retry later") from None
     bind(items=len(entries), stored=stored, duplicates=duplicates, ignored=len(ignored))
     metrics.observe_feedback(
-        service_id, stored=stored, duplicates=duplicates, outcomes=[i.outcome for i in items]
+        service_id,
+        stored=stored,
+        duplicates=duplicates,
+        outcomes=[i.outcome for i in items],
+        ignored=len(ignored),
     )
     return {"stored": stored, "duplicates": duplicates, "ignored": ignored}

@@ -26,11 +26,13 @@ from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm
 from sqlalchemy import create_engine, event, text
 
+from service import metrics
 from service.config import REPO_ROOT, Settings
 from tests.conftest import FrozenClock
 
 BASE = "http://testserver"
 PV = "/cds-services/sleep-movement-patient-view"
+PV_ID = "sleep-movement-patient-view"
 OS = "/cds-services/sleep-movement-order-select"
 OSIGN = "/cds-services/sleep-movement-order-sign"
 LOCAL = "https://sleep-cds.example.org/fhir/CodeSystem/sleep-cds"
@@ -345,6 +347,7 @@ def test_6_one_ehrs_feedback_never_changes_what_another_ehr_sees(
     # B naming A's card, A naming a card never issued, an unknown suggestion id: ignored, and
     # said so; nothing of it is stored.
     before = feedback_rows(database_url)
+    counted = metrics.sample("cds_feedback_items_total", service=PV_ID, result="ignored")
     answer = send(two_ehrs, B, override(mine["lab-check"], now))
     assert answer.json() == {
         "stored": 0,
@@ -356,6 +359,9 @@ def test_6_one_ehrs_feedback_never_changes_what_another_ehr_sees(
     answer = send(two_ehrs, B, ghost, fake)
     assert [i["reason"] for i in answer.json()["ignored"]] == ["unknown-card", "unknown-suggestion"]
     assert feedback_rows(database_url) == before
+    assert (
+        metrics.sample("cds_feedback_items_total", service=PV_ID, result="ignored") == counted + 3
+    )
     assert "lab-check" in view(two_ehrs, B, "p1")
 
 
