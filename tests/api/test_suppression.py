@@ -333,3 +333,32 @@ def test_an_accepted_order_holds_its_rule_only_until_the_order_is_in_the_record(
     assert not judge(policy, hold, "warning", Seen(ordered_codes=frozenset({order})), now).hidden
     # Round trip through the audit trail's JSON.
     assert IssuedCard.from_detail("c", card.scope, now, card.detail()) == card
+
+
+def test_explain_says_which_rules_feedback_hides_why_and_until_when(
+    app_factory: Callable[..., FastAPI], clock: FrozenClock
+) -> None:
+    with TestClient(app_factory(explain_enabled=True)) as client:
+        card = topic(call(client, [RLS], [LOW]), "lab-check")
+        assert card is not None
+        override(client, card, "will-reassess", clock)  # 14 days
+        body = {
+            "hook": "patient-view",
+            "hookInstance": str(uuid.uuid4()),
+            "context": {"patientId": "p1", "userId": "Practitioner/u1"},
+            "prefetch": {
+                "patient": {"resourceType": "Patient", "id": "p1", "birthDate": "1970-01-01"},
+                "conditions": {"resourceType": "Bundle", "entry": [{"resource": RLS}]},
+                "observations": {"resourceType": "Bundle", "entry": [{"resource": LOW}]},
+                "symptoms": None,
+                "medicationRequests": None,
+                "medicationStatements": None,
+                "journal": None,
+            },
+        }
+        explained = client.post(f"{PV}/explain", json=body).json()
+        hidden = {h["rule"]: h for h in explained["suppressed"]}
+        assert set(hidden) == set(rules_of(card))
+        until = (clock.now + timedelta(days=14)).isoformat()
+        assert all(h["why"] == "overridden (will-reassess)" for h in hidden.values())
+        assert all(h["until"] == until for h in hidden.values())
