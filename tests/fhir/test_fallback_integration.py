@@ -13,6 +13,7 @@ within the deadline, or to a 412 when nothing at all can be read.
 from __future__ import annotations
 
 import asyncio
+import copy
 import re
 import statistics
 import time
@@ -345,11 +346,12 @@ def test_medication_reference_is_resolved_through_the_fallback(
     read = "/pass/fhir/Medication/demo-03-pramipexole"
     with BadFhirServer(upstream=demo_fhir) as proxy:
         base = proxy.url("pass")
-        # No prefetch: one search per prefetch key, then one read of the referenced Medication.
+        # No prefetch: one search per prefetch key; the medication searches _include the
+        # referenced Medication, so no separate read is needed.
         response = call(client, "patient-view", "demo-03", fhir_server=base)
         targets = [r.target for r in proxy.requests_for("pass")]
-        assert [t for t in targets if "/Medication/" in t] == [read]
-        assert len(targets) == len(PATIENT_VIEW_KEYS) + 1
+        assert not [t for t in targets if "/Medication/" in t]
+        assert len(targets) == len(PATIENT_VIEW_KEYS)
         fetched = response.json()["cards"]
         review = next(c for c in fetched if c["source"]["topic"]["code"] == "medication-review")
         assert review["indicator"] == "warning"
@@ -357,9 +359,22 @@ def test_medication_reference_is_resolved_through_the_fallback(
         drug = "Active medication: pramipexole, recorded as pramipexole dihydrochloride 0.25 MG"
         assert drug in review["detail"]
 
-        # Everything prefetched: the only request left is the Medication read.
+        # Everything prefetched (with the _include'd Medication): no request at all.
         proxy.requests.clear()
         full = prefetches("patient-view", "demo-03")
+        response = call(client, "patient-view", "demo-03", prefetch=full, fhir_server=base)
+        assert proxy.requests_for("pass") == []
+        assert signature(response.json()["cards"], detail=True) == signature(fetched, detail=True)
+
+        # An EHR that ignored _include: the only request left is the Medication read.
+        proxy.requests.clear()
+        full = copy.deepcopy(full)  # the fixture caches prefetches for other tests
+        for key in ("medicationRequests", "medicationStatements"):
+            bundle = full.get(key)
+            if isinstance(bundle, dict) and bundle.get("entry"):
+                bundle["entry"] = [
+                    e for e in bundle["entry"] if e["resource"]["resourceType"] != "Medication"
+                ]
         response = call(client, "patient-view", "demo-03", prefetch=full, fhir_server=base)
         assert [r.target for r in proxy.requests_for("pass")] == [read]
         assert signature(response.json()["cards"], detail=True) == signature(fetched, detail=True)
@@ -427,7 +442,7 @@ def test_bearer_token_reaches_the_fhir_server(
         assert response.status_code == 200, response.text
         assert cards_of(response.json()["cards"]) == expected  # SEKMET accepted the token
         seen = proxy.requests_for("pass")
-        assert len(seen) == len(PATIENT_VIEW_KEYS) + 1  # the searches and the Medication read
+        assert len(seen) == len(PATIENT_VIEW_KEYS)  # the searches (Medication via _include)
         assert {r.headers.get("authorization") for r in seen} == {f"Bearer {TEST_BEARER}"}
 
         # Without fhirAuthorization every query is refused (401): nothing at all → 412.
