@@ -539,6 +539,8 @@ class Evaluator:
     def _finding(self, node: Node) -> Result:
         spec: schema.FindingSpec = node.spec
         found = self._matching_findings(spec.valueset, spec.kinds, spec.within_days)
+        if spec.clinical_status:
+            found = [f for f in found if f.status in spec.clinical_status]
         if not found:
             if self._unavailable(*node.data[0]):
                 return self._result(node.label, None, "symptom data could not be read")

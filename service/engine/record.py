@@ -72,6 +72,8 @@ class Finding:
     ref: str
     concept: Concept
     when: date | None
+    status: str | None = None
+    """A Condition's clinicalStatus code (``recurrence``, ``relapse``...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,7 +520,7 @@ class RecordReader:
         lookback = self.kb.policy.finding_lookback_days
         if clinical is None and (when is None or (record.as_of - when).days > lookback):
             return
-        record.findings.append(Finding("condition", _ref(resource), concept, when))
+        record.findings.append(Finding("condition", _ref(resource), concept, when, clinical))
 
     # Procedures and studies ------------------------------------------------------------------
 

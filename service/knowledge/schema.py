@@ -31,6 +31,9 @@ class FindingSpec(_Strict):
     valueset: str
     within_days: int | None = Field(default=None, ge=1)
     kinds: tuple[FindingKind, ...] = ("condition", "observation", "journal")
+    clinical_status: tuple[Literal["active", "recurrence", "relapse"], ...] = ()
+    """Only Conditions with one of these clinicalStatus codes (a seizure disorder coded as a
+    recurrence is a seizure after remission, whatever its onset date)."""
     as_: str | None = Field(default=None, alias="as")
 
 

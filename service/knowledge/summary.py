@@ -20,7 +20,8 @@ def describe(node: schema.Condition, kb: KnowledgeBase) -> str:
     if isinstance(node, schema.FindingCond):
         spec = node.finding
         window = f" in the last {spec.within_days} days" if spec.within_days else ""
-        return f"{kb.valuesets[spec.valueset].title}{window}"
+        status = f" (status {' or '.join(spec.clinical_status)})" if spec.clinical_status else ""
+        return f"{kb.valuesets[spec.valueset].title}{window}{status}"
     if isinstance(node, schema.LabCond):
         lab = node.lab
         name = kb.analytes[lab.analyte].display
