@@ -109,8 +109,11 @@ def _state(request: Request) -> _State:
 
 
 def _seen(record: PatientRecord) -> Seen:
+    """Orders the record shows: drafts (order hooks), active medications, and studies ordered or
+    done (the ServiceRequest/Procedure/DiagnosticReport prefetch keys, when the EHR sends them)."""
     draft_codes = {f"{s}|{c}" for d in record.drafts for s, c in d.concept.codings}
     ordered = {f"{s}|{c}" for m in record.medications for s, c in m.concept.codings}
+    ordered |= {f"{s}|{c}" for p in record.procedures for s, c in p.concept.codings}
     return Seen(frozenset(d.ref for d in record.drafts), frozenset(draft_codes), frozenset(ordered))
 
 

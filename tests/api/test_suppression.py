@@ -362,3 +362,15 @@ def test_explain_says_which_rules_feedback_hides_why_and_until_when(
         until = (clock.now + timedelta(days=14)).isoformat()
         assert all(h["why"] == "overridden (will-reassess)" for h in hidden.values())
         assert all(h["until"] == until for h in hidden.values())
+
+
+def test_an_ordered_study_on_the_record_counts_as_the_accepted_order_appearing() -> None:
+    from datetime import date
+
+    from service.api.feedback import _seen
+    from service.engine.record import Concept, PatientRecord, ProcedureEvent
+
+    study = Concept((("http://snomed.info/sct", "60554003"),), "polysomnography", "PSG")
+    record = PatientRecord("p", date(2026, 11, 25))
+    record.procedures.append(ProcedureEvent("ordered", "ServiceRequest/psg", study, None))
+    assert "http://snomed.info/sct|60554003" in _seen(record).ordered_codes
