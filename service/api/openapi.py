@@ -105,8 +105,14 @@ def hook_body_schema() -> dict[str, Any]:
     schema["properties"]["hook"]["enum"] = sorted({s.hook for s in SERVICES})
     context = schema["properties"]["context"]
     context["required"] = ["patientId", "userId"]
-    for name in ("patientId", "userId"):
-        context["properties"][name] = {"type": "string", "minLength": 1}
+    fhir_id = {"type": "string", "pattern": "^[A-Za-z0-9.-]{1,64}$"}  # not "." or ".."
+    context["properties"]["patientId"] = fhir_id
+    context["properties"]["encounterId"] = fhir_id
+    context["properties"]["userId"] = {
+        "type": "string",
+        "pattern": "^[A-Z][A-Za-z]{0,63}/[A-Za-z0-9.-]{1,64}$",
+        "description": "A FHIR reference ResourceType/id, e.g. Practitioner/123",
+    }
     auth = schema["properties"]["fhirAuthorization"]["anyOf"][0]["properties"]
     auth["access_token"]["pattern"] = "^[ -~]+$"  # printable ASCII: it becomes a header value
     auth["token_type"]["pattern"] = "^[Bb][Ee][Aa][Rr][Ee][Rr]$"
