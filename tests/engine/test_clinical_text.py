@@ -137,6 +137,7 @@ def lab(loinc: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
         ("14685-2", 148, "pmol/L", "vitamin-b12", 200.5),  # B12 molar, 148 pmol/L = 200 pg/mL
         ("14732-2", 10, "nmol/L", "folate", 4.414),
         ("14771-0", 7.0, "mmol/L", "glucose-fasting", 126.1),
+        ("14800-7", 60, "umol/L", "tibc", 335.2),
     ],
 )
 def test_molar_codes_are_read_and_converted(
