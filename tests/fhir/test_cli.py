@@ -405,6 +405,8 @@ def test_sandbox_command_starts_serves_and_stops(tmp_path: Path) -> None:
     fhir_port, cds_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
     env |= {"CDS_SANDBOX_FHIR_PORT": str(fhir_port), "CDS_PORT": str(cds_port)}
+    # The SMART launcher's first build (npm ci + build) takes minutes; tests/journal starts it.
+    env["CDS_SANDBOX_LAUNCHER"] = "0"
     log = tmp_path / "sandbox.out"
     with log.open("wb") as out:
         proc = subprocess.Popen(
