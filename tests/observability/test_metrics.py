@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from service.metrics import sample
+from tests.conftest import PATIENT_VIEW_KEYS
 from tests.reliability.helpers import PV, feedback_item, patient_view
 
 SERVICE = "sleep-movement-patient-view"
@@ -106,7 +107,7 @@ def test_a_hook_call_counts_latency_cards_prefetch_and_audit(client: TestClient)
     assert latency.value == 1
     assert fast.value == 1
     assert cards.value == 1
-    assert hits.value == 7
+    assert hits.value == len(PATIENT_VIEW_KEYS)
     assert audit.value == 1
     assert sample("cds_requests_in_flight") == 0
 

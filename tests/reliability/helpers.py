@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import PATIENT_VIEW_KEYS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PV = "/cds-services/sleep-movement-patient-view"
 ACTIVE = {
@@ -94,17 +96,14 @@ def patient_view(
 
     Keys in ``omit`` are left out of the prefetch, so the service fetches them from fhirServer.
     """
-    prefetch: dict[str, Any] = {
+    # Every key discovery advertises: the ones not set here are null (no data), never fetched.
+    prefetch: dict[str, Any] = dict.fromkeys(PATIENT_VIEW_KEYS) | {
         "patient": patient
         or {"resourceType": "Patient", "id": patient_id, "birthDate": "1970-01-01"},
         "conditions": searchset(rls_condition(patient_id)),
         "observations": searchset(
             *(observations if observations is not None else [ferritin(patient_id, ferritin_value)])
         ),
-        "symptoms": None,
-        "medicationRequests": None,
-        "medicationStatements": None,
-        "journal": None,
     }
     for key in omit:
         prefetch.pop(key, None)
