@@ -38,7 +38,7 @@ from service.sandbox import SandboxError, load_bundles
 HOOKS = ("patient-view", "order-select", "order-sign")
 DEFAULT_SERVICE = "http://127.0.0.1:8080"
 DEFAULT_USER = "Practitioner/example"
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")  # \Z: "$" would accept a trailing newline
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
 _ORDER_TYPES = frozenset(
     {

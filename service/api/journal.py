@@ -48,7 +48,7 @@ _STATIC = {
     "launch.js": "text/javascript; charset=utf-8",
     "fhirclient-2.6.3.min.js": "text/javascript; charset=utf-8",
 }
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")  # \Z: "$" would accept a trailing newline
 HOOK = "patient-view"
 
 # SMART v2 scopes, the narrowest that work: read the patient, read/search/create journal entries,
