@@ -375,7 +375,7 @@ class Evaluator:
         self.program = program if program is not None and program.kb is kb else Program(kb)
         self._memo: dict[int, Result] = {}
         self._in_valueset: dict[str, list[Finding]] = {}
-        self._matching: dict[tuple[str, tuple[str, ...], int | None], list[Finding]] = {}
+        self._matching: dict[tuple[str, tuple[str, ...], int | None, bool], list[Finding]] = {}
         self._groups: list[tuple[frozenset[str], str, list[tuple[int, Finding]]]] | None = None
         self._nights_within: dict[int, list[JournalNight]] = {}
         self._answers_within: dict[tuple[str, int, bool], list[tuple[JournalNight, Any]]] = {}
@@ -509,9 +509,13 @@ class Evaluator:
         return hit
 
     def _matching_findings(
-        self, url: str, kinds: tuple[str, ...], within_days: int | None
+        self,
+        url: str,
+        kinds: tuple[str, ...],
+        within_days: int | None,
+        undated_conditions: bool = False,
     ) -> list[Finding]:
-        key = (url, kinds, within_days)
+        key = (url, kinds, within_days, undated_conditions)
         found = self._matching.get(key)
         if found is not None:
             return found
@@ -526,9 +530,10 @@ class Evaluator:
                 if within_days is not None
                 else (None if finding.kind == "condition" else lookback)
             )
-            if window is not None and (
-                finding.when is None or (as_of - finding.when).days > window
-            ):
+            if finding.when is None:
+                if window is not None and not (undated_conditions and finding.kind == "condition"):
+                    continue
+            elif window is not None and (as_of - finding.when).days > window:
                 continue
             found.append(finding)
         self._matching[key] = found
@@ -536,20 +541,37 @@ class Evaluator:
 
     # leaves -----------------------------------------------------------------------------------
 
+    def _named(self, url: str, concept: Concept) -> str:
+        """What a card calls a coded concept: the record's display or text, else the ValueSet's
+        display of the matched code, else the ValueSet's title; never a bare code ("E83.110")."""
+        label = concept.label
+        if label and all(label != code for _, code in concept.codings):
+            return label
+        index = self.kb.valuesets.get(url)
+        if index is None:
+            return label
+        for key in concept.codings:
+            display = index.displays.get(key)
+            if display:
+                return display
+        return index.title or label
+
     def _finding(self, node: Node) -> Result:
         spec: schema.FindingSpec = node.spec
-        found = self._matching_findings(spec.valueset, spec.kinds, spec.within_days)
+        found = self._matching_findings(
+            spec.valueset, spec.kinds, spec.within_days, spec.undated_conditions == "include"
+        )
         if spec.clinical_status:
             found = [f for f in found if f.status in spec.clinical_status]
         if not found:
             if self._unavailable(*node.data[0]):
                 return self._result(node.label, None, "symptom data could not be read")
             return self._result(node.label, False)
-        names = sorted({f.concept.label for f in found})
+        names = sorted({self._named(spec.valueset, f.concept) for f in found})
         evidence = [
             Evidence(
                 "finding",
-                f"{_kind_label(f)}: {escape_markdown(f.concept.label)}"
+                f"{_kind_label(f)}: {escape_markdown(self._named(spec.valueset, f.concept))}"
                 + (f" (since {f.when.isoformat()})" if f.when else ""),
                 f"finding:{f.ref}:{f.when}",
                 f.ref if f.kind != "journal" else f.ref.split("#")[0],
@@ -832,7 +854,8 @@ class Evaluator:
                     text = (
                         f"{escape_markdown(name[:1].upper() + name[1:])} started "
                         f"{med.started.isoformat()}, "
-                        f"{gap} days before {escape_markdown(finding.concept.label)} began "
+                        f"{gap} days before "
+                        f"{escape_markdown(self._named(spec.finding, finding.concept))} began "
                         f"({finding.when.isoformat()})"
                     )
                     result = self._result(label, True, text)
@@ -1029,13 +1052,14 @@ class Evaluator:
                 return self._result(label, None, "procedures could not be read")
             return self._result(label, False)
         found.sort(key=_event_date, reverse=True)
-        names = sorted({e.concept.label for e in found})
+        names = sorted({self._named(spec.valueset, e.concept) for e in found})
         result = self._result(label, True, ", ".join(names))
         title = node.data[0]
         result.evidence = [
             Evidence(
                 "procedure",
-                f"{'Done' if e.state == 'done' else 'Ordered'}: {escape_markdown(e.concept.label)}"
+                f"{'Done' if e.state == 'done' else 'Ordered'}: "
+                f"{escape_markdown(self._named(spec.valueset, e.concept))}"
                 f" ({title})" + (f" on {e.when.isoformat()}" if e.when else ""),
                 f"procedure:{e.ref}:{e.state}:{e.when}",
                 e.ref,

@@ -34,6 +34,10 @@ class FindingSpec(_Strict):
     clinical_status: tuple[Literal["active", "recurrence", "relapse"], ...] = ()
     """Only Conditions with one of these clinicalStatus codes (a seizure disorder coded as a
     recurrence is a seizure after remission, whatever its onset date)."""
+    undated_conditions: Literal["exclude", "include"] = "exclude"
+    """With ``within_days``: whether an active Condition with neither onset nor recorded date
+    counts. ``include`` where assuming the finding is current is the safe side (pregnancy makes
+    the advice more cautious); ``exclude`` where it would raise an alarm (a seizure)."""
     as_: str | None = Field(default=None, alias="as")
 
 
