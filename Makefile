@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CDS_PORT ?= 8080
 export CDS_PORT
 
-.PHONY: help install install-test run migrate test lint typecheck check sandbox bench soak clean
+.PHONY: help install install-test run migrate test test-quick lint typecheck check sandbox bench soak clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,13 +37,17 @@ run: migrate ## serve on http://127.0.0.1:$(CDS_PORT)
 sandbox: install ## a real FHIR server with the demo patients, this service and (if present) the SMART launcher
 	$(BIN)/python -m service.sandbox
 
-test: install-test ## run the whole test suite
+test: install-test ## run the whole test suite (what CI runs; about 9 minutes)
 	$(BIN)/python -m pytest
 
-lint: install-test ## ruff and mypy --strict
+test-quick: install-test ## inner loop: every test but the `integration` ones (real servers on loopback)
+	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: install-test ## ruff, mypy --strict and the layering contracts (lint-imports)
 	$(BIN)/ruff check service tests bench
 	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 check: lint test ## everything CI runs
 

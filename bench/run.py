@@ -480,7 +480,7 @@ def engine_timings(bodies: dict[str, bytes], repeat: int) -> dict[str, dict[str,
     """Median CPU ms for what the route does with a body: parse, validate, read, evaluate,
     compose (thread CPU time, so other processes on the machine do not inflate it)."""
     from service.api.jsonbody import parse_json, validate
-    from service.api.routes import _hook_call
+    from service.api.routes import hook_call
     from service.cdshooks import models
     from service.cdshooks.discovery import SERVICES
     from service.config import Settings
@@ -497,7 +497,7 @@ def engine_timings(bodies: dict[str, bytes], repeat: int) -> dict[str, dict[str,
     async def once(raw: bytes) -> int:
         parsed = parse_json(raw, max_depth=settings.max_json_depth)
         body = validate(models.HookRequest, parsed)
-        call = _hook_call(spec[body.hook], body)
+        call = hook_call(spec[body.hook], body)
         result = await pipeline.run(call, today)
         return len(result.cards)
 
@@ -548,14 +548,12 @@ def engine_bodies(discovery: dict[str, Any], as_of: dt.date, x10: bool) -> dict[
 
 def engine_only(args: argparse.Namespace) -> dict[str, Any]:
     """``--engine-only``: the in-process timings without starting any server (quick A/B)."""
-    from service.cdshooks.discovery import discovery_document
+    from service.api.discovery import build_discovery
     from service.config import Settings
     from service.knowledge.base import load_knowledge
 
     settings = Settings()
-    discovery = discovery_document(
-        load_knowledge(settings.fhir_profiles_dir, settings.knowledge_dir)
-    )
+    discovery = build_discovery(load_knowledge(settings.fhir_profiles_dir, settings.knowledge_dir))
     timings = engine_timings(
         engine_bodies(discovery, data.today(), args.engine_x10), args.engine_repeat
     )

@@ -62,10 +62,24 @@ class RequestTimeout(CDSError):
 
 
 class PrefetchUnavailable(CDSError):
-    """Required data was neither prefetched nor obtainable from the FHIR server."""
+    """Required data was neither prefetched nor obtainable from the FHIR server.
+
+    ``fetches`` (key → "ok" or the failure reason) and ``fetch_ms`` (key → elapsed ms) report the
+    FHIR queries tried, so the API layer counts them in metrics as it does for an answered call.
+    """
 
     status_code = 412
     issue_code = "not-found"
+
+    def __init__(
+        self,
+        message: str,
+        fetches: dict[str, str] | None = None,
+        fetch_ms: dict[str, float] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.fetches = fetches or {}
+        self.fetch_ms = fetch_ms or {}
 
 
 class AuthenticationFailed(CDSError):

@@ -20,12 +20,12 @@ from service import logging as service_logging
 from service.api import problems
 from service.api.analytics import router as analytics_router
 from service.api.console import router as console_router
+from service.api.discovery import build_discovery
 from service.api.journal import router as journal_router
 from service.api.metrics import router as metrics_router
 from service.api.middleware import RequestGuard
 from service.api.routes import router
 from service.api.slots import HookSlots
-from service.cdshooks.discovery import discovery_document
 from service.config import Settings, get_settings
 from service.db.database import Database
 from service.engine.pipeline import Fetcher, HookPipeline
@@ -103,7 +103,7 @@ def create_app(
         # Cards link to the journal app (a SMART link) only where it is served.
         app_base_url=settings.public_base_url if settings.journal_on else None,
     )
-    app.state.discovery = discovery_document(kb)
+    app.state.discovery = build_discovery(kb)
     problems.install(app)
     app.include_router(router)
     app.include_router(console_router)

@@ -154,13 +154,13 @@ def observe_hook(service: str, *, prefetch_hits: int, prefetch_keys: int, skippe
         RESOURCES_SKIPPED.labels(service=service).inc(skipped)
 
 
-def observe_fhir(results: Mapping[str, Any], outcomes: Mapping[str, str]) -> None:
-    """One sample per fallback query: ``outcomes`` is key → "ok" or the failure reason."""
+def observe_fhir(outcomes: Mapping[str, str], elapsed_ms: Mapping[str, float]) -> None:
+    """One sample per fallback query: ``outcomes`` is key → "ok" or the failure reason,
+    ``elapsed_ms`` key → the query's time where the client measured it."""
     for key, outcome in outcomes.items():
         FHIR_QUERIES.labels(key=key, outcome=outcome).inc()
-        elapsed_ms = getattr(results.get(key), "elapsed_ms", None)
-        if isinstance(elapsed_ms, int | float):
-            FHIR_SECONDS.labels(outcome=outcome).observe(elapsed_ms / 1000.0)
+        if key in elapsed_ms:
+            FHIR_SECONDS.labels(outcome=outcome).observe(elapsed_ms[key] / 1000.0)
 
 
 def observe_feedback(

@@ -34,7 +34,7 @@ from service.db import repository
 from service.engine.cards import CardMeta
 from service.engine.pipeline import HookCall, HookPipeline, HookResult
 from service.engine.suppression import Scope
-from service.errors import InvalidRequest, UnknownService
+from service.errors import InvalidRequest, PrefetchUnavailable, UnknownService
 from service.logging import bind
 
 log = logging.getLogger("service.api")
@@ -80,7 +80,7 @@ def _no_nul(where: str, *values: str | None) -> None:
         raise InvalidRequest(f"{where}: text may not contain NUL (U+0000)")
 
 
-def _hook_call(spec: ServiceSpec, body: models.HookRequest) -> HookCall:
+def hook_call(spec: ServiceSpec, body: models.HookRequest) -> HookCall:
     context = body.context
     _no_nul("hookInstance/context", body.hookInstance, context.patientId, context.userId)
     if body.hook != spec.hook:
@@ -136,11 +136,16 @@ async def _run(
         body = validate(models.HookRequest, data)
         del data
         bind(hook_instance=body.hookInstance)
-        call = _hook_call(spec, body)
+        call = hook_call(spec, body)
         check_fhir_server(call.fhir_server, caller)
         pipeline: HookPipeline = request.app.state.pipeline
         as_of = request.app.state.clock().date()
-        result = await pipeline.run(call, as_of, explain=explain)
+        try:
+            result = await pipeline.run(call, as_of, explain=explain)
+        except PrefetchUnavailable as exc:
+            metrics.observe_fhir(exc.fetches, exc.fetch_ms)
+            raise
+    metrics.observe_fhir(result.fetches, result.fetch_ms)
     return spec, call, body, result
 
 

@@ -1,12 +1,12 @@
-"""The three CDS services and their discovery document, derived from the knowledge base."""
+"""The three CDS services and the shape of their discovery document (plain data: the prefetch
+templates come from the caller, service/api/discovery.py, so this wire module imports nothing of
+the engine or the knowledge base)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from service.engine.prefetch import templates_for
-from service.knowledge.base import KnowledgeBase
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ def service_by_id(service_id: str) -> ServiceSpec | None:
     return next((s for s in SERVICES if s.id == service_id), None)
 
 
-def discovery_document(kb: KnowledgeBase) -> dict[str, Any]:
+def discovery_document(prefetch: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    """The document for ``prefetch``: hook → the prefetch templates its service advertises."""
     return {
         "services": [
             {
@@ -60,7 +61,7 @@ def discovery_document(kb: KnowledgeBase) -> dict[str, Any]:
                 "id": spec.id,
                 "title": spec.title,
                 "description": spec.description,
-                "prefetch": templates_for(kb, spec.hook),
+                "prefetch": dict(prefetch[spec.hook]),
                 "usageRequirements": USAGE_REQUIREMENTS,
             }
             for spec in SERVICES

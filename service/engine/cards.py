@@ -17,12 +17,11 @@ from typing import Any
 import orjson
 from jinja2 import Template
 
-from service.engine import orders
 from service.engine.evaluate import SEVERITY, RuleOutcome
 from service.engine.prefetch import OPTIONAL_CATEGORIES, needs
 from service.engine.record import PatientRecord
 from service.engine.suppression import RuleRef, SuggestionRef
-from service.knowledge import schema
+from service.knowledge import orders, schema
 from service.knowledge.base import CODESYSTEM_URL, KnowledgeBase
 from service.knowledge.templates import environment
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Protocol
 
-from service import metrics
 from service.engine.cards import CardComposer, CardMeta
 from service.engine.evaluate import RuleEngine, RuleOutcome
 from service.engine.prefetch import (
@@ -73,6 +72,9 @@ class HookResult:
     prefetch_keys: int
     fetches: dict[str, str] = field(default_factory=dict)
     """key → "ok" or the failure reason, for each query run against the FHIR server."""
+    fetch_ms: dict[str, float] = field(default_factory=dict)
+    """key → elapsed ms of those queries (where the client measured it); the API layer counts
+    both in metrics, so the engine imports no metrics library."""
 
 
 def render_query(template: str, call: HookCall) -> str:
@@ -155,6 +157,7 @@ class HookPipeline:
         resources = list(prefetched.resources)
         unavailable: set[str] = set()
         fetches: dict[str, str] = {}
+        fetch_ms: dict[str, float] = {}
         if to_fetch and not (call.fhir_server and self.fetcher is not None):
             # Optional data (a study already done) never fails the call: it is marked unreadable.
             optional = [k for k in to_fetch if KEY_CATEGORY[k] in OPTIONAL_CATEGORIES]
@@ -176,7 +179,10 @@ class HookPipeline:
                     fetches[key] = (result.reason if result is not None else None) or "timeout"
                     if key not in prefetched.paged:
                         unavailable.add(KEY_CATEGORY[key])
-            metrics.observe_fhir(fetched, fetches)
+            for key in to_fetch:
+                elapsed_ms = getattr(fetched.get(key), "elapsed_ms", None)
+                if isinstance(elapsed_ms, int | float):
+                    fetch_ms[key] = float(elapsed_ms)
             if (
                 all(status != "ok" for status in fetches.values())
                 and not prefetched.resources
@@ -184,7 +190,9 @@ class HookPipeline:
             ):
                 raise PrefetchUnavailable(
                     "None of the data the service needs could be obtained from the FHIR server: "
-                    + ", ".join(f"{k} ({v})" for k, v in sorted(fetches.items()))
+                    + ", ".join(f"{k} ({v})" for k, v in sorted(fetches.items())),
+                    fetches=fetches,
+                    fetch_ms=fetch_ms,
                 )
         remaining = self.deadline_s - (time.monotonic() - started)
         resources.extend(await self._resolve_medications(call, resources, remaining))
@@ -210,6 +218,7 @@ class HookPipeline:
             prefetch_hits=len(templates) - len(prefetched.missing),
             prefetch_keys=len(templates),
             fetches=fetches,
+            fetch_ms=fetch_ms,
         )
 
     async def _fetch(

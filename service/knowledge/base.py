@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from service.errors import KnowledgeError
 from service.knowledge import schema
+from service.knowledge.orders import validate_order_templates
 from service.knowledge.templates import TEMPLATE_GLOBALS, environment
 from service.knowledge.valuesets import ValueSetIndex, index_valuesets, load_profiles
 
@@ -339,8 +340,6 @@ def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
     checker.condition("policy.yaml: field 'complaint'", policy.complaint)
     for name, population in policy.populations.items():
         checker.condition(f"policy.yaml: field 'populations.{name}.when'", population.when)
-    from service.engine.orders import validate_order_templates
-
     validate_order_templates(orders_file, orders)
 
     rules: list[schema.Rule] = []

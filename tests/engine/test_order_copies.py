@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from service.config import Settings
-from service.engine import cards, orders
+from service.engine import cards
+from service.knowledge import orders
 from service.knowledge.base import load_knowledge
 
 SETTINGS = Settings()

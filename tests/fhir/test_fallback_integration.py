@@ -30,7 +30,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import service.demo
-from service.cdshooks.discovery import discovery_document
+from service.api.discovery import build_discovery
 from service.cli import upgrade_database
 from service.cli_hooks import build_context, prefetch_value, read_drafts, render_template
 from service.config import Settings
@@ -225,7 +225,7 @@ def templates() -> dict[str, dict[str, str]]:
     """The discovery document's prefetch templates per hook."""
     settings = Settings()
     kb = load_knowledge(settings.fhir_profiles_dir, settings.knowledge_dir)
-    return {s["hook"]: s["prefetch"] for s in discovery_document(kb)["services"]}
+    return {s["hook"]: s["prefetch"] for s in build_discovery(kb)["services"]}
 
 
 @pytest.fixture(scope="module")
