@@ -86,8 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ValidationError as exc:
+        # One line per invalid setting, never the value (a URL or token may be a secret).
+        for error in exc.errors(include_input=False, include_url=False):
+            name = "CDS_" + "_".join(str(part) for part in error["loc"]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if not message.startswith(name):
+                message = f"{name}: {message}"
+            print(f"sleep-cds: {message}", file=sys.stderr)
+        return 2
     return result
 
 

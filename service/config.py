@@ -20,6 +20,35 @@ DEFAULT_DB = REPO_ROOT / "var" / "cds.db"
 SANDBOX_ORIGIN = "https://sandbox.cds-hooks.org"  # the public CDS Hooks Sandbox (README)
 
 
+DATABASE_URL_FORMS = (
+    "sqlite:///PATH, sqlite+aiosqlite:///PATH, postgresql://USER@HOST/DB, "
+    "postgresql+psycopg://USER@HOST/DB"
+)
+# Scheme as written → the async driver the service runs on (the plain forms hosting providers
+# hand out name no driver, or a sync one SQLAlchemy cannot use from asyncio).
+_ASYNC_SCHEMES = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+def async_database_url(url: str) -> str:
+    """``url`` with the async driver the service uses; a ValueError naming the setting and the
+    accepted forms otherwise (never quoting the URL: it may carry a password)."""
+    scheme, sep, rest = url.partition("://")
+    driver = _ASYNC_SCHEMES.get(scheme.lower()) if sep else None
+    if driver is None:
+        named = f"scheme {scheme!r}" if sep and len(scheme) < 40 else "not a database URL"
+        raise ValueError(
+            f"CDS_DATABASE_URL: unsupported ({named}); accepted forms: {DATABASE_URL_FORMS}"
+        )
+    return f"{driver}://{rest}"
+
+
 def is_loopback_host(host: str) -> bool:
     """True for names and addresses that never leave this machine."""
     if host in ("localhost", "localhost.localdomain"):
@@ -107,6 +136,11 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        return async_database_url(value)
+
     @field_validator("public_base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -164,9 +198,6 @@ class Settings(BaseSettings):
         return url.replace("sqlite+aiosqlite", "sqlite").replace(
             "postgresql+asyncpg", "postgresql+psycopg"
         )
-
-    def database_is_sqlite(self) -> bool:
-        return urlsplit(self.database_url).scheme.startswith("sqlite")
 
 
 @lru_cache

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from service.config import async_database_url
 from service.db.batch import GroupCommit
 
 
@@ -29,6 +30,7 @@ class Database:
     """Owns the engine. Every operation may raise: callers decide whether to fail open."""
 
     def __init__(self, url: str, *, connect_timeout_s: float = 2.0) -> None:
+        url = async_database_url(url)  # plain sqlite:// and postgresql:// get their async driver
         self.url = url
         kwargs: dict[str, object] = {"pool_pre_ping": True}
         if url.startswith("postgresql"):

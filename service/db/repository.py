@@ -138,12 +138,6 @@ async def issued_cards(db: Database, uuids: Sequence[str]) -> list[dict[str, Any
         return [dict(row._mapping) for row in rows]
 
 
-async def feedback_count(db: Database) -> int:
-    async with db.sessions() as session:
-        rows = await session.execute(select(FeedbackItem.id))
-        return len(rows.all())
-
-
 # --- Set-at-a-time statements for the group-commit writer (service/db/batch.py) ---------------
 # Each takes an open connection inside the caller's transaction and handles many calls' rows at
 # once: one round trip for N calls instead of N.
