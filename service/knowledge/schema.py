@@ -7,10 +7,19 @@ operators needs no Python.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 Comparator = Literal["<", "<=", ">", ">=", "=="]
 Indicator = Literal["info", "warning", "critical"]
@@ -322,12 +331,35 @@ class SourceRef(_Strict):
 
 
 class Review(_Strict):
-    """Clinical sign-off: a rule stays ``draft`` until a named clinician reviews it."""
+    """Clinical sign-off: a rule stays ``draft`` until a named clinician reviews it; a
+    ``reviewed`` rule names its reviewer and the ISO date of the review (``2026-03-01``)."""
 
     status: Literal["draft", "reviewed", "retired"]
     reviewer: str | None = None
-    reviewed_on: str | None = None
+    reviewed_on: dt.date | None = None
     notes: str | None = None
+
+    @field_validator("reviewed_on", mode="before")
+    @classmethod
+    def _iso_date(cls, value: object) -> object:
+        # Only a calendar date: YAML's unquoted 2026-03-01 or the same text quoted. Not a
+        # timestamp, a number read as Unix time, or free text such as "spring 2026".
+        if value is None or (isinstance(value, dt.date) and not isinstance(value, dt.datetime)):
+            return value
+        if isinstance(value, str):
+            try:
+                return dt.date.fromisoformat(value.strip())
+            except ValueError:
+                pass
+        raise ValueError("must be an ISO date (YYYY-MM-DD)")
+
+    @model_validator(mode="after")
+    def _signed_off(self) -> Review:
+        if self.status == "reviewed" and not (self.reviewer and self.reviewer.strip()):
+            raise ValueError("status 'reviewed' needs the reviewer's name in 'reviewer'")
+        if self.status == "reviewed" and self.reviewed_on is None:
+            raise ValueError("status 'reviewed' needs the review date in 'reviewed_on'")
+        return self
 
 
 class Escalation(_Strict):
