@@ -12,6 +12,7 @@ from typing import Any
 
 from service.errors import KnowledgeError
 from service.knowledge import schema
+from service.knowledge.fhir_models import validate_resource
 
 
 def _coding(spec: schema.CodingSpec) -> dict[str, str]:
@@ -64,12 +65,6 @@ def instantiate(template: dict[str, Any], patient_id: str, reasons: list[str]) -
     if reasons:
         resource["reasonReference"] = [{"reference": ref} for ref in reasons]
     return resource
-
-
-def validate_resource(resource: dict[str, Any]) -> None:
-    from fhir.resources.R4B import get_fhir_model_class
-
-    get_fhir_model_class(resource["resourceType"]).model_validate(resource)
 
 
 def validate_order_templates(path: Path, orders: dict[str, schema.OrderSpec]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from service.errors import KnowledgeError
+from service.knowledge.fhir_models import validate_resource
 
 TEXT_SYNONYM_URL = "https://sleep-cds.example.org/fhir/StructureDefinition/text-synonym"
 SYNONYM_INGREDIENT_URL = "https://sleep-cds.example.org/fhir/StructureDefinition/synonym-ingredient"
@@ -98,11 +99,8 @@ def synonym_pattern(synonyms: tuple[str, ...]) -> re.Pattern[str] | None:
 
 
 def _validate_fhir(path: Path, data: dict[str, Any]) -> None:
-    from fhir.resources.R4B import get_fhir_model_class
-
     try:
-        model = get_fhir_model_class(str(data.get("resourceType")))
-        model.model_validate(data)
+        validate_resource(data)
     except (
         Exception
     ) as exc:  # fhir.resources raises KeyError for unknown types, not only ValueError
