@@ -22,5 +22,4 @@ def test_short_soak_has_no_errors_and_flat_memory() -> None:
     assert summary["errors"] == 0, summary["error_kinds"]
     assert set(summary["by_kind"]) == {"patient-view", "order-sign", "feedback"}
     assert overall["requests"] > 100
-    assert overall["p99_ms"] > 0
     assert summary["rss_growth"] < 0.10, summary["rss_mb_curve"]
