@@ -21,12 +21,12 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.api.deps import settings_of
 from service.api.problems import operation_outcome
+from service.api.responses import json_response
 from service.cdshooks.models import is_fhir_id
 from service.config import Settings
 from service.engine.prefetch import fill_template, templates_for
@@ -91,12 +91,8 @@ def _asset_response(name: str) -> Response:
 
 
 def _json(data: Any, status: int = 200) -> Response:
-    return Response(
-        orjson.dumps(data),
-        status_code=status,
-        media_type="application/json",
-        headers={"Content-Security-Policy": CONSOLE_CSP},
-    )
+    """JSON with the console's Content-Security-Policy."""
+    return json_response(data, status, {"Content-Security-Policy": CONSOLE_CSP})
 
 
 @router.get("")

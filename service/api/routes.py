@@ -6,7 +6,6 @@ import logging
 import time
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, BackgroundTasks, Depends, Path, Request
 from starlette.responses import Response
 
@@ -25,9 +24,7 @@ from service.api.openapi import (
     ok,
     problem,
 )
-from service.api.openapi import (
-    JSON as JSON_MEDIA,
-)
+from service.api.responses import json_response
 from service.cdshooks import models
 from service.cdshooks.discovery import SERVICES, ServiceSpec, service_by_id
 from service.db import repository
@@ -52,10 +49,6 @@ ServiceId = Annotated[
 ]
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type=JSON_MEDIA)
-
-
 def _service(service_id: str) -> ServiceSpec:
     spec = service_by_id(service_id)
     if spec is None:
@@ -70,7 +63,7 @@ def _service(service_id: str) -> ServiceSpec:
     summary="CDS Hooks discovery",
 )
 async def discovery(request: Request, caller: CallerDep) -> Response:
-    return _json(request.app.state.discovery)
+    return json_response(request.app.state.discovery)
 
 
 def _no_nul(where: str, *values: str | None) -> None:
@@ -189,7 +182,7 @@ async def call_service(
     )
     scope = feedback_trust.scope_of(caller, patient_id)
     background.add_task(_audit, request, spec, hook_instance, scope, latency, result.metas)
-    return _json({"cards": cards})
+    return json_response({"cards": cards})
 
 
 async def _audit(
@@ -269,7 +262,7 @@ async def feedback(service_id: ServiceId, request: Request, caller: CallerDep) -
                 else ()
             ),
         )
-    return _json(await feedback_trust.receive(request, spec.id, caller, body))
+    return json_response(await feedback_trust.receive(request, spec.id, caller, body))
 
 
 @router.post(
@@ -301,7 +294,7 @@ async def explain(service_id: ServiceId, request: Request, caller: CallerDep) ->
         }
         for o in result.outcomes
     ]
-    return _json(
+    return json_response(
         {
             "cards": result.cards,
             "rules": rules,
@@ -324,7 +317,7 @@ async def explain(service_id: ServiceId, request: Request, caller: CallerDep) ->
 
 @router.get("/healthz", summary="Process is up", responses={200: ok("Up", HEALTH)})
 async def healthz() -> Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @router.get(
@@ -339,7 +332,7 @@ async def readyz(request: Request) -> Response:
     kb_ok = request.app.state.kb is not None
     slots = request.app.state.hook_slots
     status = 200 if db_ok and kb_ok and not slots.saturated else 503
-    return _json(
+    return json_response(
         {
             "database": db_ok,
             "knowledge": kb_ok,
