@@ -33,9 +33,9 @@ import orjson
 from service.config import get_settings
 from service.fhir import FetchResult, FhirClient, make_http_client
 from service.fhir.client import is_read_query
+from service.knowledge.schema import HOOKS
 from service.sandbox import SandboxError, load_bundles
 
-HOOKS = ("patient-view", "order-select", "order-sign")
 DEFAULT_SERVICE = "http://127.0.0.1:8080"
 DEFAULT_USER = "Practitioner/example"
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")  # \Z: "$" would accept a trailing newline

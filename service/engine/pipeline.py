@@ -24,8 +24,7 @@ from service.engine.prefetch import (
 from service.engine.record import PatientRecord, RecordReader
 from service.errors import PrefetchUnavailable
 from service.knowledge.base import KnowledgeBase
-
-HOOKS = ("patient-view", "order-select", "order-sign")
+from service.knowledge.schema import HOOKS
 
 
 class FetchResultLike(Protocol):
@@ -145,7 +144,9 @@ class HookPipeline:
         self.reader = RecordReader(kb)
         self.engine = RuleEngine(kb)
         self.composer = CardComposer(kb, app_base_url)
-        self.templates = {hook: templates_for(kb, hook) for hook in HOOKS}
+        self.templates: dict[str, dict[str, str]] = {
+            hook: templates_for(kb, hook) for hook in HOOKS
+        }
 
     async def run(self, call: HookCall, as_of: date, *, explain: bool = False) -> HookResult:
         started = time.monotonic()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -24,6 +24,8 @@ from pydantic import (
 Comparator = Literal["<", "<=", ">", ">=", "=="]
 Indicator = Literal["info", "warning", "critical"]
 Hook = Literal["patient-view", "order-select", "order-sign"]
+HOOKS: tuple[Hook, ...] = get_args(Hook)
+"""The one list of hooks (the engine, the CLI and the discovery test read it)."""
 FindingKind = Literal["condition", "observation", "journal"]
 
 

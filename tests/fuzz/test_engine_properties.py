@@ -17,9 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.config import Settings
-from service.engine.pipeline import HOOKS, HookCall, HookPipeline
+from service.engine.pipeline import HookCall, HookPipeline
 from service.errors import PrefetchUnavailable
 from service.knowledge.base import load_knowledge
+from service.knowledge.schema import HOOKS
 from tests.conftest import PATIENT_VIEW_KEYS
 from tests.reliability.helpers import ferritin, rls_condition
 
