@@ -30,6 +30,7 @@ from typing import Any, TextIO
 import httpx
 import orjson
 
+from service.cdshooks.models import is_fhir_id
 from service.config import get_settings
 from service.fhir import FetchResult, FhirClient, make_http_client
 from service.fhir.client import is_read_query
@@ -38,7 +39,6 @@ from service.sandbox import SandboxError, load_bundles
 
 DEFAULT_SERVICE = "http://127.0.0.1:8080"
 DEFAULT_USER = "Practitioner/example"
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")  # \Z: "$" would accept a trailing newline
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
 _ORDER_TYPES = frozenset(
     {
@@ -298,7 +298,7 @@ async def run_hook(
     ``endpoint`` is appended to each service URL: ``"/explain"`` sends the same request to the
     integrators' explain endpoint.
     """
-    if not _FHIR_ID.match(patient_id):
+    if not is_fhir_id(patient_id):
         raise CliError(f"--patient {patient_id!r} is not a FHIR id")
     context = build_context(hook, patient_id, user_id, drafts, selections)
     service = service.rstrip("/")

@@ -18,7 +18,6 @@ can only describe data the caller already holds. Every route answers 404 unless
 from __future__ import annotations
 
 import gzip
-import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -31,6 +30,7 @@ from starlette.responses import Response
 
 from service.api.deps import settings_of
 from service.api.jsonbody import parse_json
+from service.cdshooks.models import is_fhir_id
 from service.config import Settings
 from service.engine.prefetch import KEY_CATEGORY, read_prefetch, templates_for
 from service.errors import ForbiddenFhirServer, InvalidRequest, UnknownService
@@ -48,7 +48,6 @@ _STATIC = {
     "launch.js": "text/javascript; charset=utf-8",
     "fhirclient-2.6.3.min.js": "text/javascript; charset=utf-8",
 }
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")  # \Z: "$" would accept a trailing newline
 HOOK = "patient-view"
 
 # SMART v2 scopes, the narrowest that work: read the patient, read/search/create journal entries,
@@ -241,7 +240,7 @@ async def journal_advice(request: Request) -> Response:
         if not isinstance(data, dict):
             raise InvalidRequest("body must be a JSON object")
         patient_id = data.get("patientId")
-        if not isinstance(patient_id, str) or not _FHIR_ID.match(patient_id):
+        if not isinstance(patient_id, str) or not is_fhir_id(patient_id):
             raise InvalidRequest("patientId must be a FHIR id ([A-Za-z0-9-.]{1,64})")
         fhir_server = data.get("fhirServer")
         if not isinstance(fhir_server, str):

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 # but are dot segments in a URL path (``Patient/..`` is the server root), so they are refused.
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 REFERENCE = re.compile(r"[A-Z][A-Za-z]{0,63}/[A-Za-z0-9\-.]{1,64}")
+# CDS Hooks: a card summary is under 140 characters (the one limit; cards.py shortens to it).
+SUMMARY_MAX = 139
 # Stored strings (audit and feedback columns) are bounded here, so a long value is a 400 and
 # never a failed database write.
 MAX_TOKEN_CHARS = 8192
@@ -162,7 +164,7 @@ class Link(BaseModel):
 
 class Card(BaseModel):
     uuid: str
-    summary: str = Field(max_length=139)
+    summary: str = Field(max_length=SUMMARY_MAX)
     detail: str | None = None
     indicator: Literal["info", "warning", "critical"]
     source: Source

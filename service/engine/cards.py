@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from jinja2 import Template
 
+from service.cdshooks.models import SUMMARY_MAX
 from service.engine.evaluate import SEVERITY, RuleOutcome
 from service.engine.prefetch import OPTIONAL_CATEGORIES, needs
 from service.engine.record import PatientRecord
@@ -25,7 +26,6 @@ from service.knowledge import orders, schema
 from service.knowledge.base import CODESYSTEM_URL, KnowledgeBase
 from service.knowledge.templates import environment
 
-SUMMARY_MAX = 139
 MISSING_DATA_NOTE = (
     "**Data that could not be read:** {categories}. Rules that need these data were not "
     "evaluated; absence of a card is not evidence of a normal result."
