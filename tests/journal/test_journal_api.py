@@ -227,6 +227,8 @@ def test_advice_ignores_other_patients_and_names_what_it_could_not_read(
     ("body", "why"),
     [
         ({"patientId": "../x", "fhirServer": LOOPBACK_FHIR, "prefetch": {}}, "patientId"),
+        ({"patientId": "..", "fhirServer": LOOPBACK_FHIR, "prefetch": {}}, "patientId"),
+        ({"patientId": "p1\n", "fhirServer": LOOPBACK_FHIR, "prefetch": {}}, "patientId"),
         ({"patientId": "p1", "prefetch": {}}, "fhirServer"),
         ({"patientId": "p1", "fhirServer": "http://evil.example/fhir", "prefetch": {}}, "https"),
         ({"patientId": "p1", "fhirServer": LOOPBACK_FHIR, "prefetch": []}, "prefetch"),
