@@ -183,33 +183,6 @@ def seed_history(sync_url: str, patient: str, copies: int) -> int:
         engine.dispose()
 
 
-@contextlib.contextmanager
-def serve(
-    repo: Path, cmd: list[str], env: dict[str, str], port: int, workdir: Path
-) -> Iterator[run.Server]:
-    """``run.start_server`` with the working directory in ``repo`` (``-m`` imports from there)."""
-    import subprocess
-
-    from service.sandbox import wait_http_ok
-
-    log_path = workdir / "service.log"
-    with log_path.open("ab") as log_file:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=repo,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_http_ok(f"http://127.0.0.1:{port}/healthz", 60.0, proc)
-        yield run.Server("service", proc, port, log_path)
-    finally:
-        run._stop(proc)
-
-
 def measure(
     client: httpx.Client, server: run.Server, tokens: Iterator[str], pid: str | None, n: int
 ) -> tuple[list[float], float]:
@@ -264,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
 
         cli = [sys.executable, "-m", "service.cli"]
         subprocess.run([*cli, "migrate"], env=env, cwd=repo, check=True, capture_output=True)
-        server = stack.enter_context(serve(repo, [*cli, "serve"], env, port, workdir))
+        server = stack.enter_context(
+            run.start_server("service", [*cli, "serve"], env, port, workdir, cwd=repo)
+        )
         total = 1 + 2 * args.blocks * args.calls + 50
         tokens = iter(tok.sign_tokens(key, f"{server.url}{PV}", total))
         client = stack.enter_context(httpx.Client(base_url=server.url, timeout=30.0))

@@ -118,15 +118,22 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 @contextlib.contextmanager
 def start_server(
-    name: str, cmd: list[str], env: dict[str, str], port: int, workdir: Path
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    port: int,
+    workdir: Path,
+    cwd: Path = REPO,
 ) -> Iterator[Server]:
+    """Start ``cmd`` in ``cwd`` (``-m`` imports from there), logging to ``workdir``, and wait
+    for its ``/healthz``."""
     from service.sandbox import SandboxError, wait_http_ok
 
     log_path = workdir / f"{name}.log"
     with log_path.open("ab") as log_file:
         proc = subprocess.Popen(
             cmd,
-            cwd=REPO,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
