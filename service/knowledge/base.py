@@ -154,12 +154,8 @@ class _Checker:
             elif isinstance(item, schema.LabMissingCond):
                 self.analyte(where, item.lab_missing.analyte)
             elif isinstance(item, schema.MedicationCond):
-                self.valueset(f"{where} field 'medication.valueset'", item.medication.valueset)
-                if item.medication.exclude_valueset:
-                    self.valueset(
-                        f"{where} field 'medication.exclude_valueset'",
-                        item.medication.exclude_valueset,
-                    )
+                med = item.medication
+                self.include_exclude(where, "medication", med.valueset, med.exclude_valueset)
             elif isinstance(item, schema.MedicationBeforeFindingCond):
                 spec = item.medication_before_finding
                 self.valueset(
@@ -176,19 +172,11 @@ class _Checker:
                         f"{dose.analyte}"
                     )
             elif isinstance(item, schema.DraftOrderCond):
-                self.valueset(f"{where} field 'draft_order.valueset'", item.draft_order.valueset)
-                if item.draft_order.exclude_valueset:
-                    self.valueset(
-                        f"{where} field 'draft_order.exclude_valueset'",
-                        item.draft_order.exclude_valueset,
-                    )
+                draft = item.draft_order
+                self.include_exclude(where, "draft_order", draft.valueset, draft.exclude_valueset)
             elif isinstance(item, schema.ProcedureCond):
-                self.valueset(f"{where} field 'procedure.valueset'", item.procedure.valueset)
-                if item.procedure.exclude_valueset:
-                    self.valueset(
-                        f"{where} field 'procedure.exclude_valueset'",
-                        item.procedure.exclude_valueset,
-                    )
+                study = item.procedure
+                self.include_exclude(where, "procedure", study.valueset, study.exclude_valueset)
             elif (
                 isinstance(item, schema.JournalCond) and item.journal.item not in self.journal_items
             ):
@@ -196,6 +184,12 @@ class _Checker:
                     f"{where} field 'journal.item': {item.journal.item!r} is not an item of the "
                     "sleep-journal Questionnaire"
                 )
+
+    def include_exclude(self, where: str, key: str, include: str, exclude: str | None) -> None:
+        """A condition's ``valueset`` and optional ``exclude_valueset`` both exist."""
+        self.valueset(f"{where} field '{key}.valueset'", include)
+        if exclude:
+            self.valueset(f"{where} field '{key}.exclude_valueset'", exclude)
 
     def analyte(self, where: str, name: str) -> None:
         if name not in self.analytes:
