@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import orjson
@@ -12,21 +13,29 @@ from service.errors import InvalidRequest
 M = TypeVar("M", bound=BaseModel)
 
 
-def _depth_ok(value: Any, limit: int) -> bool:
-    """False if containers nest deeper than ``limit``. Recursion is safe: orjson refuses
-    documents nested over 1,024 levels, and this walk stops at ``limit``."""
+# The depth check runs on the raw bytes, at C speed, before anything is decoded: escapes that
+# could hide a quote are dropped, every byte but quotes and brackets is deleted ("{}" become
+# "[]"), strings (now only their brackets) are removed, and each ``replace`` pass deletes the
+# innermost pairs, so the number of passes is the nesting depth. Only valid JSON reaches the
+# answer (the decoder runs first), so quotes pair up and brackets balance.
+_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+_STRING = re.compile(rb'"[^"]*"')
 
-    def walk(node: Any, depth: int) -> bool:
-        if depth > limit:
-            return False
-        children = node.values() if type(node) is dict else node
-        for child in children:
-            kind = type(child)
-            if (kind is dict or kind is list) and not walk(child, depth + 1):
-                return False
-        return True
 
-    return walk(value, 1)
+def _depth_ok(body: bytes, limit: int) -> bool:
+    """False if the JSON document ``body`` nests containers deeper than ``limit``."""
+    if b"\\" in body:
+        # Escaped backslashes first, then escaped quotes: in "\\\"" only the last quote closes.
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    shape = body.translate(_BRACKETS, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' in shape:
+        shape = _STRING.sub(b"", shape)  # strings that held brackets
+    for _ in range(limit):
+        if not shape:
+            return True
+        shape = shape.replace(b"[]", b"")
+    return not shape
 
 
 def parse_json(body: bytes, *, max_depth: int) -> Any:
@@ -40,7 +49,7 @@ def parse_json(body: bytes, *, max_depth: int) -> Any:
         ) from None
     if not isinstance(data, dict):
         raise InvalidRequest("Request body must be a JSON object")
-    if not _depth_ok(data, max_depth):
+    if not _depth_ok(body, max_depth):
         raise InvalidRequest(f"Request body is nested deeper than {max_depth} levels")
     return data
 
