@@ -43,10 +43,11 @@ test: install-test ## run the whole test suite (what CI runs; about 9 minutes)
 test-quick: install-test ## inner loop: every test but the `integration` ones (real servers on loopback)
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
-lint: install-test ## ruff, mypy --strict and the layering contracts (lint-imports)
+lint: install-test ## ruff, mypy --strict (service/ and tests/) and the layering contracts (lint-imports)
 	$(BIN)/ruff check service tests bench
 	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy --explicit-package-bases tests
 	$(BIN)/lint-imports
 
 check: lint test ## everything CI runs

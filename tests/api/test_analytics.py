@@ -204,7 +204,8 @@ def play_scenario(client: TestClient, clock: FrozenClock) -> None:
 def rule_row(topic: dict[str, Any], rule_id: str) -> dict[str, Any]:
     rows = [r for r in topic["rules"] if r["ruleId"] == rule_id]
     assert len(rows) == 1, [r["rule"] for r in topic["rules"]]
-    return rows[0]
+    row: dict[str, Any] = rows[0]
+    return row
 
 
 def weekly(numbers: dict[str, Any]) -> list[tuple[str, int, int, int, float | None]]:

@@ -6,6 +6,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from service.config import Settings
+from tests.conftest import FrozenClock
 
 PV = "/cds-services/sleep-movement-patient-view"
 OSEL = "/cds-services/sleep-movement-order-select"
@@ -75,7 +77,8 @@ def assert_outcome(response: Any, status: int, contains: str = "") -> dict[str, 
     assert body["resourceType"] == "OperationOutcome"
     assert body["issue"][0]["severity"] == "error"
     assert contains in body["issue"][0]["diagnostics"]
-    return body
+    outcome: dict[str, Any] = body
+    return outcome
 
 
 # --- discovery -----------------------------------------------------------------------------------
@@ -104,7 +107,9 @@ def test_prefetch_templates_use_only_2_0_tokens_and_constrained_searches(
                 assert "&code=" in template or "&category=" in template, key
 
 
-def test_prefetch_asks_only_for_lab_codes_the_rules_use(client: TestClient, app_factory) -> None:
+def test_prefetch_asks_only_for_lab_codes_the_rules_use(
+    client: TestClient, app_factory: Callable[..., FastAPI]
+) -> None:
     kb = client.app.state.kb  # type: ignore[attr-defined]
     services = {s["id"]: s for s in client.get("/cds-services").json()["services"]}
     template = services["sleep-movement-patient-view"]["prefetch"]["observations"]
@@ -215,7 +220,7 @@ def test_bundle_without_type_and_single_resources_are_accepted(client: TestClien
 def test_spec_example_patient_view_request_is_understood(client: TestClient) -> None:
     # The CDS Hooks 2.0 spec's own example request (fhirServer made https: the service refuses
     # plain http to non-loopback servers), with this service's prefetch keys satisfied.
-    example = {
+    example: dict[str, Any] = {
         "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
         "fhirServer": "https://hooks.smarthealthit.org:9080",
         "hook": "patient-view",
@@ -402,7 +407,9 @@ def test_health_and_readiness(client: TestClient) -> None:
     }
 
 
-def test_readiness_fails_when_the_database_is_unreachable(tmp_path, clock) -> None:
+def test_readiness_fails_when_the_database_is_unreachable(
+    tmp_path: Path, clock: FrozenClock
+) -> None:
     from service.main import create_app
 
     settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/missing/dir/x.db")
@@ -457,7 +464,9 @@ def _rows(database_url: str) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in rows]
 
 
-def test_feedback_round_trips_and_is_idempotent(app_factory, database_url: str, clock) -> None:
+def test_feedback_round_trips_and_is_idempotent(
+    app_factory: Callable[..., FastAPI], database_url: str, clock: FrozenClock
+) -> None:
     with TestClient(app_factory(database_url)) as c:
         override, accept = issued(c, clock)
         first = c.post(f"{PV}/feedback", json={"feedback": [accept, override]})
@@ -491,7 +500,7 @@ def test_bad_feedback_is_400_and_stores_nothing(
     assert client.post(f"{PV}/feedback", json={"feedback": [override]}).json()["stored"] == 1
 
 
-def test_feedback_answers_503_when_the_database_is_down(tmp_path, clock) -> None:
+def test_feedback_answers_503_when_the_database_is_down(tmp_path: Path, clock: FrozenClock) -> None:
     from service.main import create_app
 
     settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/missing/dir/x.db")

@@ -208,11 +208,11 @@ def test_suppression_fails_open_when_feedback_cannot_be_read(
         from service.db import repository
 
         original = repository.holds_for_patients
-        repository.holds_for_patients = broken  # type: ignore[assignment]
+        repository.holds_for_patients = broken
         try:
             assert topic(call(client, [RLS], [LOW]), "lab-check") is not None
         finally:
-            repository.holds_for_patients = original  # type: ignore[assignment]
+            repository.holds_for_patients = original
 
 
 # --- server time rules (issue 14, defects 1 and 2) --------------------------------------------

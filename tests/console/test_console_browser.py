@@ -599,7 +599,9 @@ def test_switching_patient_resets_drafts_and_feedback_log(
         by_id(driver, "dismiss-confirm").click()
     wait_for(
         driver,
-        lambda d: "POST /cds-services/" in by_id(d, "feedback-json").get_attribute("textContent"),
+        lambda d: (
+            "POST /cds-services/" in (by_id(d, "feedback-json").get_attribute("textContent") or "")
+        ),
         what="feedback logged",
     )
     by_id(driver, "order-sertraline").click()
@@ -610,6 +612,7 @@ def test_switching_patient_resets_drafts_and_feedback_log(
         for o in Select(by_id(driver, "patient")).options
         if o.get_attribute("value") not in ("", DEMO)
     )
+    assert other is not None
     pick_patient(driver, other)
     assert not any(
         box.is_selected() for box in driver.find_elements(By.CSS_SELECTOR, "#draft-orders input")

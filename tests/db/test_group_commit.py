@@ -218,13 +218,15 @@ def test_writer_reconnects_after_its_connection_is_killed(postgres_url: str) -> 
             assert await commit.claim_jti("iss", "before", expires) is True
             held = commit._queues.connection if commit._queues else None  # the writer's own
             assert held is not None
-            pid = (await held.get_raw_connection()).driver_connection.info.backend_pid
+            driver = (await held.get_raw_connection()).driver_connection
+            assert driver is not None
+            pid = driver.info.backend_pid
             async with database.engine.connect() as admin:
                 killed = await admin.execute(
                     text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
                 )
                 assert killed.scalar_one() is True
-            outcomes = []
+            outcomes: list[bool | str] = []
             for jti in ("during", "after"):
                 try:
                     outcomes.append(await commit.claim_jti("iss", jti, expires))

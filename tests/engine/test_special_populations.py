@@ -61,7 +61,9 @@ def lab(oid: str, loinc: str, value: float, unit: str) -> dict[str, Any]:
     }
 
 
-def medication(mid: str, text: str, status: str, started: int, ended: int | None = None) -> dict:
+def medication(
+    mid: str, text: str, status: str, started: int, ended: int | None = None
+) -> dict[str, Any]:
     period = {"start": _day(started)} | ({"end": _day(ended)} if ended is not None else {})
     return {
         "resourceType": "MedicationStatement",
@@ -73,7 +75,9 @@ def medication(mid: str, text: str, status: str, started: int, ended: int | None
     }
 
 
-def record(*resources: dict[str, Any], age: int = 40, unavailable: tuple[str, ...] = ()):
+def record(
+    *resources: dict[str, Any], age: int = 40, unavailable: tuple[str, ...] = ()
+) -> PatientRecord:
     patient = {"resourceType": "Patient", "id": "p1", "birthDate": f"{AS_OF.year - age}-01-01"}
     rls = condition("rls", "G25.81")
     return READER.read("p1", AS_OF, [patient, rls, *resources], unavailable=unavailable)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import re
 import statistics
 import time
@@ -101,7 +102,9 @@ def _suggested(card: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
     for suggestion in card.get("suggestions") or []:
         for action in suggestion["actions"]:
             resource = action.get("resource") or {}
-            concept = resource.get("code") or next(iter(resource.get("reasonCode") or []), {})
+            concept: dict[str, Any] = resource.get("code") or next(
+                iter(resource.get("reasonCode") or []), {}
+            )
             codes = [c["code"] for c in concept.get("coding", [])]
             target = resource.get("resourceType") or action.get("resourceId", "")
             actions.append((action["type"], target, *codes))
@@ -155,7 +158,8 @@ def call(
     client: TestClient, hook: str, patient_id: str, *, explain: bool = False, **kwargs: Any
 ) -> httpx.Response:
     url = f"/cds-services/{SERVICE_IDS[hook]}" + ("/explain" if explain else "")
-    return client.post(url, json=request_body(hook, patient_id, **kwargs))
+    response: httpx.Response = client.post(url, json=request_body(hook, patient_id, **kwargs))
+    return response
 
 
 def without(prefetch: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -546,7 +550,7 @@ def test_no_prefetch_patient_view_latency(demo_fhir: str, client: TestClient) ->
     for _ in range(3):
         for _, patient, _ in PATIENTS:
             response, elapsed = _timed(
-                lambda p=patient: call(client, "patient-view", p, fhir_server=demo_fhir)
+                functools.partial(call, client, "patient-view", patient, fhir_server=demo_fhir)
             )
             assert response.status_code == 200
             samples.append(elapsed * 1000)

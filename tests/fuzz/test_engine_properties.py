@@ -123,7 +123,7 @@ json_values = st.recursive(
 @st.composite
 def type_confused(draw: st.DrawFn) -> dict[str, Any]:
     """A realistic resource with values at random paths swapped for values of another type."""
-    resource = copy.deepcopy(draw(st.sampled_from(TEMPLATES)))
+    resource: dict[str, Any] = copy.deepcopy(draw(st.sampled_from(TEMPLATES)))
     for _ in range(draw(st.integers(1, 4))):
         node: Any = resource
         path = []

@@ -84,8 +84,10 @@ def _steer(case: Any) -> None:
         if hook == "order-select" and context.get("selections") is None:
             context["selections"] = []
     if len(str(body.get("hookInstance"))) % 2 == 0:
-        prefetch = body.get("prefetch") if isinstance(body.get("prefetch"), dict) else {}
-        body["prefetch"] = dict.fromkeys(PATIENT_VIEW_KEYS) | prefetch
+        prefetch = body.get("prefetch")
+        body["prefetch"] = dict.fromkeys(PATIENT_VIEW_KEYS) | (
+            prefetch if isinstance(prefetch, dict) else {}
+        )
 
 
 @schemathesis.check
@@ -116,7 +118,7 @@ def _schema() -> Any:
 schema = _schema()
 
 
-@schema.parametrize()
+@schema.parametrize()  # type: ignore[untyped-decorator]  # schemathesis is untyped here
 @hypothesis.settings(
     max_examples=EXAMPLES_PER_OPERATION,
     derandomize=True,

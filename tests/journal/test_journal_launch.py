@@ -77,9 +77,10 @@ def settled(driver: WebDriver, timeout: float = 30) -> str:
         return value if value in ("ready", "error") else None
 
     try:
-        result: str = WebDriverWait(driver, timeout, poll_frequency=0.1).until(state)
+        result: str | None = WebDriverWait(driver, timeout, poll_frequency=0.1).until(state)
     except TimeoutException:
         raise AssertionError(f"the app did not settle: {driver.current_url}") from None
+    assert result is not None  # until() returns only a truthy value
     return result
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from service.config import Settings
 from service.errors import KnowledgeError
-from service.knowledge.base import load_knowledge
+from service.knowledge.base import KnowledgeBase, load_knowledge
 from service.knowledge.summary import rules_markdown
 
 SETTINGS = Settings()
@@ -24,7 +26,7 @@ def knowledge_copy(tmp_path: Path) -> Path:
     return target
 
 
-def _edit_rule(directory: Path, rule_id: str, change) -> Path:
+def _edit_rule(directory: Path, rule_id: str, change: Callable[[Any], object]) -> Path:
     path = directory / "rules" / f"{rule_id}.yaml"
     data = yaml.safe_load(path.read_text())
     change(data)
@@ -32,7 +34,7 @@ def _edit_rule(directory: Path, rule_id: str, change) -> Path:
     return path
 
 
-def _load(knowledge_dir: Path):
+def _load(knowledge_dir: Path) -> KnowledgeBase:
     return load_knowledge(SETTINGS.fhir_profiles_dir, knowledge_dir)
 
 
@@ -79,7 +81,7 @@ def test_shipped_knowledge_loads() -> None:
     ],
 )
 def test_invalid_rule_stops_start_up_naming_file_and_field(
-    knowledge_copy: Path, change, expected: str
+    knowledge_copy: Path, change: Callable[[Any], object], expected: str
 ) -> None:
     path = _edit_rule(knowledge_copy, "rls-iron-studies", change)
     with pytest.raises(KnowledgeError) as error:
@@ -89,7 +91,7 @@ def test_invalid_rule_stops_start_up_naming_file_and_field(
 
 
 def test_lab_unit_must_be_a_known_unit_of_the_analyte(knowledge_copy: Path) -> None:
-    def change(d):
+    def change(d: Any) -> None:
         d["when"]["all"][1]["any"][0]["lab"]["unit"] = "furlongs"
 
     _edit_rule(knowledge_copy, "rls-iron-repletion", change)

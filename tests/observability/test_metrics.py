@@ -48,7 +48,7 @@ class Delta:
 
 class Result:
     ok = True
-    reason = None
+    reason: str | None = None
 
     def __init__(self, resources: list[dict[str, Any]], elapsed_ms: float) -> None:
         self.resources, self.elapsed_ms = resources, elapsed_ms
