@@ -28,91 +28,40 @@ from jwt.algorithms import ECAlgorithm
 from service import analytics
 from service.cli import main as cli_main
 from tests.conftest import FrozenClock
+from tests.factories import (
+    FERRITIN,
+    MAGNESIUM,
+    RLS,
+    WEAKNESS,
+    cards_by_topic,
+    condition,
+    feedback_item,
+    observation,
+    patient_view,
+)
 
 PV = "/cds-services/sleep-movement-patient-view"
 URL = "/analytics/cards"
-LOCAL = "https://sleep-cds.example.org/fhir/CodeSystem/sleep-cds"
 PERIOD = {"from": "2026-11-23", "to": "2026-12-07"}  # ISO weeks 2026-W48 and 2026-W49
-ACTIVE = {
-    "coding": [
-        {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
-    ]
-}
-RLS_CODE = "32914008"
-WEAKNESS_CODE = "26544005"
 
 
 # --- making cards and feedback through the API --------------------------------------------------
 
 
-def condition(pid: str, code: str, onset: str | None = None) -> dict[str, Any]:
-    resource: dict[str, Any] = {
-        "resourceType": "Condition",
-        "id": f"{pid}-{code}",
-        "clinicalStatus": ACTIVE,
-        "code": {"coding": [{"system": "http://snomed.info/sct", "code": code}]},
-        "subject": {"reference": f"Patient/{pid}"},
-    }
-    if onset:
-        resource["onsetDateTime"] = onset
-    return resource
-
-
-def lab(pid: str, loinc: str, value: float, unit: str, when: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": f"{pid}-{loinc}",
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
-        "subject": {"reference": f"Patient/{pid}"},
-        "effectiveDateTime": when,
-        "valueQuantity": {
-            "value": value,
-            "unit": unit,
-            "system": "http://unitsofmeasure.org",
-            "code": unit,
-        },
-    }
-
-
 def low_ferritin(pid: str) -> dict[str, Any]:
-    return lab(pid, "2276-4", 40, "ng/mL", "2026-11-01")
+    return observation(pid, FERRITIN, 40, "ng/mL", "2026-11-01")
 
 
 def low_magnesium(pid: str) -> dict[str, Any]:
-    return lab(pid, "19123-9", 1.2, "mg/dL", "2026-11-20")
-
-
-def bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [{"resource": r} for r in resources],
-    }
+    return observation(pid, MAGNESIUM, 1.2, "mg/dL", "2026-11-20")
 
 
 def show(
     client: TestClient, pid: str, conditions: list[dict[str, Any]], labs: list[dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """One patient-view call; the cards shown, by topic."""
-    prefetch = {
-        "patient": {"resourceType": "Patient", "id": pid, "birthDate": "1970-01-01"},
-        "conditions": bundle(conditions),
-        "observations": bundle(labs),
-        "symptoms": None,
-        "medicationRequests": None,
-        "medicationStatements": None,
-        "journal": None,
-    }
-    body = {
-        "hook": "patient-view",
-        "hookInstance": str(uuid.uuid4()),
-        "context": {"patientId": pid, "userId": "Practitioner/u1"},
-        "prefetch": prefetch,
-    }
-    response = client.post(PV, json=body)
-    assert response.status_code == 200, response.text
-    return {c["source"]["topic"]["code"]: c for c in response.json()["cards"]}
+    body = patient_view(pid, conditions=conditions, observations=labs)
+    return cards_by_topic(client.post(PV, json=body))
 
 
 def send(client: TestClient, *items: dict[str, Any]) -> None:
@@ -121,23 +70,14 @@ def send(client: TestClient, *items: dict[str, Any]) -> None:
 
 
 def accepted(card: dict[str, Any], at: datetime) -> dict[str, Any]:
-    return {
-        "card": card["uuid"],
-        "outcome": "accepted",
-        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
-        "outcomeTimestamp": at.isoformat(),
-    }
+    suggestion = card["suggestions"][0]["uuid"]
+    return feedback_item(
+        card["uuid"], outcome="accepted", when=at.isoformat(), suggestion=suggestion
+    )
 
 
 def overridden(card: dict[str, Any], at: datetime, reason: str | None) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "card": card["uuid"],
-        "outcome": "overridden",
-        "outcomeTimestamp": at.isoformat(),
-    }
-    if reason is not None:
-        item["overrideReason"] = {"reason": {"system": LOCAL, "code": reason}}
-    return item
+    return feedback_item(card["uuid"], when=at.isoformat(), reason=reason)
 
 
 W48 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)  # a Wednesday in ISO week 2026-W48
@@ -148,20 +88,20 @@ def play_scenario(client: TestClient, clock: FrozenClock) -> None:
     """Eight cards in the period, one before it; feedback as annotated (seconds after shown)."""
     s = timedelta(seconds=1)
     clock.now = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)  # before the period: never counted
-    early = show(client, "pz", [condition("pz", RLS_CODE)], [low_ferritin("pz")])
+    early = show(client, "pz", [condition("pz", RLS)], [low_ferritin("pz")])
     clock.now += 60 * s  # feedback arrives after the decision it reports
     send(client, accepted(early["lab-check"], clock.now - 50 * s))
 
     clock.now = W48
-    la = show(client, "pa", [condition("pa", RLS_CODE)], [low_ferritin("pa")])["lab-check"]
-    lb = show(client, "pb", [condition("pb", RLS_CODE)], [low_ferritin("pb")])["lab-check"]
-    lc = show(client, "pc", [condition("pc", RLS_CODE)], [low_ferritin("pc"), low_magnesium("pc")])[
+    la = show(client, "pa", [condition("pa", RLS)], [low_ferritin("pa")])["lab-check"]
+    lb = show(client, "pb", [condition("pb", RLS)], [low_ferritin("pb")])["lab-check"]
+    lc = show(client, "pc", [condition("pc", RLS)], [low_ferritin("pc"), low_magnesium("pc")])[
         "lab-check"
     ]
     d = show(
         client,
         "pd",
-        [condition("pd", RLS_CODE), condition("pd", WEAKNESS_CODE, onset="2026-11-24")],
+        [condition("pd", RLS), condition("pd", WEAKNESS, onset="2026-11-24")],
         [],
     )
     ld, nd = d["lab-check"], d["neurology-referral"]
@@ -178,11 +118,11 @@ def play_scenario(client: TestClient, clock: FrozenClock) -> None:
     )
 
     clock.now = W49
-    le = show(client, "pe", [condition("pe", RLS_CODE)], [low_ferritin("pe")])["lab-check"]
+    le = show(client, "pe", [condition("pe", RLS)], [low_ferritin("pe")])["lab-check"]
     f = show(
         client,
         "pf",
-        [condition("pf", RLS_CODE), condition("pf", WEAKNESS_CODE, onset="2026-12-01")],
+        [condition("pf", RLS), condition("pf", WEAKNESS, onset="2026-12-01")],
         [],
     )
     lf = f["lab-check"]

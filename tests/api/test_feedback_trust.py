@@ -29,20 +29,24 @@ from sqlalchemy import create_engine, event, text
 from service import metrics
 from service.config import REPO_ROOT, Settings
 from tests.conftest import FrozenClock
+from tests.factories import (
+    LOCAL,
+    RLS,
+    WEAKNESS,
+    cards_by_topic,
+    condition,
+    feedback_item,
+    ferritin,
+    patient_view,
+)
 
 BASE = "http://testserver"
 PV = "/cds-services/sleep-movement-patient-view"
 PV_ID = "sleep-movement-patient-view"
 OS = "/cds-services/sleep-movement-order-select"
 OSIGN = "/cds-services/sleep-movement-order-sign"
-LOCAL = "https://sleep-cds.example.org/fhir/CodeSystem/sleep-cds"
 A, B = "https://ehr-a.example.org", "https://ehr-b.example.org"
 C = "https://ehr-c.example.org"  # sends no feedback in the property test: its view is fixed
-ACTIVE = {
-    "coding": [
-        {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
-    ]
-}
 KEYS = {iss: ec.generate_private_key(ec.SECP384R1()) for iss in (A, B, C)}
 
 
@@ -83,47 +87,6 @@ def two_ehrs(
         yield client
 
 
-def condition(pid: str, code: str, onset: str | None = None) -> dict[str, Any]:
-    resource: dict[str, Any] = {
-        "resourceType": "Condition",
-        "id": f"{pid}-{code}",
-        "clinicalStatus": ACTIVE,
-        "code": {"coding": [{"system": "http://snomed.info/sct", "code": code}]},
-        "subject": {"reference": f"Patient/{pid}"},
-    }
-    if onset:
-        resource["onsetDateTime"] = onset
-    return resource
-
-
-def ferritin(pid: str, value: float = 40, when: str = "2026-11-01") -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": f"{pid}-ferritin-{when}",
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "2276-4"}]},
-        "subject": {"reference": f"Patient/{pid}"},
-        "effectiveDateTime": when,
-        "valueQuantity": {
-            "value": value,
-            "unit": "ng/mL",
-            "system": "http://unitsofmeasure.org",
-            "code": "ng/mL",
-        },
-    }
-
-
-def bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [{"resource": r} for r in resources],
-    }
-
-
-RLS, WEAKNESS = "32914008", "26544005"
-
-
 def red_flag_record(pid: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """RLS with low ferritin and new weakness: a critical neurology card and a lab card."""
     return [condition(pid, RLS), condition(pid, WEAKNESS, onset="2026-11-24")], [ferritin(pid)]
@@ -139,24 +102,8 @@ def view(
     """One patient-view call by issuer ``iss``; the cards by topic."""
     if conditions is None:
         conditions, labs = red_flag_record(pid)
-    prefetch = {
-        "patient": {"resourceType": "Patient", "id": pid, "birthDate": "1970-01-01"},
-        "conditions": bundle(conditions),
-        "observations": bundle(labs or []),
-        "symptoms": None,
-        "medicationRequests": None,
-        "medicationStatements": None,
-        "journal": None,
-    }
-    body = {
-        "hook": "patient-view",
-        "hookInstance": str(uuid.uuid4()),
-        "context": {"patientId": pid, "userId": "Practitioner/u1"},
-        "prefetch": prefetch,
-    }
-    response = client.post(PV, json=body, headers=token(iss, PV))
-    assert response.status_code == 200, response.text
-    return {c["source"]["topic"]["code"]: c for c in response.json()["cards"]}
+    body = patient_view(pid, conditions=conditions, observations=labs or [])
+    return cards_by_topic(client.post(PV, json=body, headers=token(iss, PV)))
 
 
 def rules_of(card: dict[str, Any] | None) -> list[str]:
@@ -172,21 +119,12 @@ def send(client: TestClient, iss: str, *items: dict[str, Any], path: str = PV) -
 def override(
     card: dict[str, Any], when: str, reason: str = "not-clinically-relevant"
 ) -> dict[str, Any]:
-    return {
-        "card": card["uuid"],
-        "outcome": "overridden",
-        "overrideReason": {"reason": {"system": LOCAL, "code": reason}},
-        "outcomeTimestamp": when,
-    }
+    return feedback_item(card["uuid"], when=when, reason=reason)
 
 
 def accept(card: dict[str, Any], when: str, index: int = 0) -> dict[str, Any]:
-    return {
-        "card": card["uuid"],
-        "outcome": "accepted",
-        "acceptedSuggestions": [{"id": card["suggestions"][index]["uuid"]}],
-        "outcomeTimestamp": when,
-    }
+    suggestion = card["suggestions"][index]["uuid"]
+    return feedback_item(card["uuid"], outcome="accepted", when=when, suggestion=suggestion)
 
 
 def feedback_rows(database_url: str) -> int:

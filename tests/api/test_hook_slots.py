@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from tests.reliability.helpers import PV, patient_view, rls_condition
+from tests.factories import PV, patient_view, rls_condition
 
 FHIR = "https://fhir.example.org/r4"
 

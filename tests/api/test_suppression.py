@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -12,72 +11,16 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from tests.conftest import FrozenClock
+from tests.factories import RLS as RLS_CODE
+from tests.factories import WEAKNESS, condition, feedback_item, ferritin, patient_view
 
 PV = "/cds-services/sleep-movement-patient-view"
-LOCAL = "https://sleep-cds.example.org/fhir/CodeSystem/sleep-cds"
-ACTIVE = {
-    "coding": [
-        {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
-    ]
-}
-
-
-def condition(cid: str, code: str, onset: str | None = None) -> dict[str, Any]:
-    resource: dict[str, Any] = {
-        "resourceType": "Condition",
-        "id": cid,
-        "clinicalStatus": ACTIVE,
-        "code": {"coding": [{"system": "http://snomed.info/sct", "code": code}]},
-        "subject": {"reference": "Patient/p1"},
-    }
-    if onset:
-        resource["onsetDateTime"] = onset
-    return resource
-
-
-def ferritin(oid: str, value: float, when: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": oid,
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "2276-4"}]},
-        "subject": {"reference": "Patient/p1"},
-        "effectiveDateTime": when,
-        "valueQuantity": {
-            "value": value,
-            "unit": "ng/mL",
-            "system": "http://unitsofmeasure.org",
-            "code": "ng/mL",
-        },
-    }
 
 
 def call(
     client: TestClient, conditions: list[dict[str, Any]], labs: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    prefetch: dict[str, Any] = {
-        "patient": {"resourceType": "Patient", "id": "p1", "birthDate": "1970-01-01"},
-        "conditions": {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "entry": [{"resource": c} for c in conditions],
-        },
-        "observations": {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "entry": [{"resource": o} for o in labs],
-        },
-        "symptoms": None,
-        "medicationRequests": None,
-        "medicationStatements": None,
-        "journal": None,
-    }
-    body = {
-        "hook": "patient-view",
-        "hookInstance": str(uuid.uuid4()),
-        "context": {"patientId": "p1", "userId": "Practitioner/u1"},
-        "prefetch": prefetch,
-    }
+    body = patient_view("p1", conditions=conditions, observations=labs)
     response = client.post(PV, json=body)
     assert response.status_code == 200, response.text
     cards: list[dict[str, Any]] = response.json()["cards"]
@@ -89,27 +32,20 @@ def topic(cards: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
 
 
 def override(client: TestClient, card: dict[str, Any], reason: str, clock: FrozenClock) -> None:
-    item = {
-        "card": card["uuid"],
-        "outcome": "overridden",
-        "overrideReason": {"reason": {"system": LOCAL, "code": reason}},
-        "outcomeTimestamp": clock.now.isoformat(),
-    }
+    item = feedback_item(card["uuid"], when=clock.now.isoformat(), reason=reason)
     assert client.post(f"{PV}/feedback", json={"feedback": [item]}).status_code == 200
 
 
 def accept(client: TestClient, card: dict[str, Any], clock: FrozenClock) -> None:
-    item = {
-        "card": card["uuid"],
-        "outcome": "accepted",
-        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
-        "outcomeTimestamp": clock.now.isoformat(),
-    }
+    suggestion = card["suggestions"][0]["uuid"]
+    item = feedback_item(
+        card["uuid"], outcome="accepted", when=clock.now.isoformat(), suggestion=suggestion
+    )
     assert client.post(f"{PV}/feedback", json={"feedback": [item]}).status_code == 200
 
 
-RLS = condition("rls", "32914008")
-LOW = ferritin("f1", 40, "2026-11-01")
+RLS = condition("p1", RLS_CODE, cid="rls")
+LOW = ferritin("p1", 40, "2026-11-01", oid="f1")
 
 
 def test_override_hides_the_card_until_the_window_ends(
@@ -136,7 +72,7 @@ def test_new_evidence_brings_the_card_back_at_once(
         assert card is not None
         override(client, card, "patient-declined", clock)
         assert topic(call(client, [RLS], [LOW]), "lab-check") is None
-        newer = ferritin("f2", 22, "2026-11-20")
+        newer = ferritin("p1", 22, "2026-11-20", oid="f2")
         assert topic(call(client, [RLS], [LOW, newer]), "lab-check") is not None
 
 
@@ -169,7 +105,7 @@ def test_acceptance_hides_only_the_accepted_rule_while_the_action_is_pending(
 def test_critical_card_is_never_hidden_by_an_override_older_than_a_day(
     app_factory: Callable[..., FastAPI], clock: FrozenClock
 ) -> None:
-    weakness = condition("weak", "26544005", onset="2026-11-24")
+    weakness = condition("p1", WEAKNESS, onset="2026-11-24", cid="weak")
     with TestClient(app_factory()) as client:
         card = topic(call(client, [RLS, weakness], []), "neurology-referral")
         assert card is not None and card["indicator"] == "critical"
@@ -219,12 +155,7 @@ def test_suppression_fails_open_when_feedback_cannot_be_read(
 
 
 def feedback_at(client: TestClient, card: dict[str, Any], when: str, reason: str) -> Any:
-    item = {
-        "card": card["uuid"],
-        "outcome": "overridden",
-        "overrideReason": {"reason": {"system": LOCAL, "code": reason}},
-        "outcomeTimestamp": when,
-    }
+    item = feedback_item(card["uuid"], when=when, reason=reason)
     return client.post(f"{PV}/feedback", json={"feedback": [item]})
 
 
@@ -247,7 +178,7 @@ def test_far_future_timestamp_is_a_400_naming_the_field_and_hooks_keep_working(
 def test_a_timestamp_slightly_ahead_of_the_server_clock_starts_the_window_at_receipt(
     app_factory: Callable[..., FastAPI], clock: FrozenClock
 ) -> None:
-    weakness = condition("weak", "26544005", onset="2026-11-24")
+    weakness = condition("p1", WEAKNESS, onset="2026-11-24", cid="weak")
     with TestClient(app_factory()) as client:
         card = topic(call(client, [RLS, weakness], []), "neurology-referral")
         assert card is not None and card["indicator"] == "critical"
@@ -342,20 +273,7 @@ def test_explain_says_which_rules_feedback_hides_why_and_until_when(
         card = topic(call(client, [RLS], [LOW]), "lab-check")
         assert card is not None
         override(client, card, "will-reassess", clock)  # 14 days
-        body = {
-            "hook": "patient-view",
-            "hookInstance": str(uuid.uuid4()),
-            "context": {"patientId": "p1", "userId": "Practitioner/u1"},
-            "prefetch": {
-                "patient": {"resourceType": "Patient", "id": "p1", "birthDate": "1970-01-01"},
-                "conditions": {"resourceType": "Bundle", "entry": [{"resource": RLS}]},
-                "observations": {"resourceType": "Bundle", "entry": [{"resource": LOW}]},
-                "symptoms": None,
-                "medicationRequests": None,
-                "medicationStatements": None,
-                "journal": None,
-            },
-        }
+        body = patient_view("p1", conditions=[RLS], observations=[LOW])
         explained = client.post(f"{PV}/explain", json=body).json()
         hidden = {h["rule"]: h for h in explained["suppressed"]}
         assert set(hidden) == set(rules_of(card))

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from service.engine.cards import MISSING_DATA_NOTE
 from service.engine.prefetch import read_prefetch
 from tests.conftest import FrozenClock
-from tests.reliability.helpers import PV, ferritin, patient_view, rls_condition, searchset
+from tests.factories import PV, ferritin, patient_view, rls_condition, searchset
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 MISSING = MISSING_DATA_NOTE.split(":**")[0]

@@ -22,7 +22,7 @@ from service.errors import PrefetchUnavailable
 from service.knowledge.base import load_knowledge
 from service.knowledge.schema import HOOKS
 from tests.conftest import PATIENT_VIEW_KEYS
-from tests.reliability.helpers import ferritin, rls_condition
+from tests.factories import ferritin, rls_condition
 
 AS_OF = date(2026, 11, 25)
 PROPERTY = settings(

@@ -17,7 +17,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from tests.reliability.helpers import PV, feedback_item, ferritin, patient_view, rss_bytes
+from tests.factories import PV, feedback_item, ferritin, patient_view
+from tests.reliability.helpers import rss_bytes
 
 TIME_LIMIT_S = 10.0
 HEADERS = {"content-type": "application/json"}

@@ -27,8 +27,9 @@ from fastapi.testclient import TestClient
 from service.cli import upgrade_database
 from service.config import Settings
 from service.logging import JsonFormatter, configure
+from tests.factories import PV, feedback_item, patient_view
 from tests.fixtures.bad_fhir import BadFhirServer
-from tests.reliability.helpers import PV, ServiceProcess, feedback_item, patient_view
+from tests.reliability.helpers import ServiceProcess
 
 NOISY = ("uvicorn.access", "httpx", "httpcore", "aiosqlite", "psycopg", "sqlalchemy")
 PATIENT_ID = "pat-PHI-4242"

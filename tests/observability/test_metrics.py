@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from service.metrics import sample
 from tests.conftest import PATIENT_VIEW_KEYS
-from tests.reliability.helpers import PV, feedback_item, patient_view
+from tests.factories import PV, feedback_item, patient_view
 
 SERVICE = "sleep-movement-patient-view"
 HOOK_ROUTE = "/cds-services/{service_id}"
@@ -65,7 +65,7 @@ class StubFetcher:
     async def search_many(
         self, base_url: str, queries: dict[str, str], token: str | None, deadline_s: float
     ) -> Mapping[str, Result]:
-        from tests.reliability.helpers import rls_condition
+        from tests.factories import rls_condition
 
         answers = {
             "conditions": Result([rls_condition()], 12.0),

@@ -1,5 +1,5 @@
-"""Shared by the reliability, fuzz and observability tests: request bodies that produce cards, a
-private PostgreSQL cluster the test starts and stops itself, and the service as a real process.
+"""Shared by the reliability, fuzz and observability tests: a private PostgreSQL cluster the test
+starts and stops itself, and the service as a real process (request bodies: tests/factories.py).
 
 Everything listens on 127.0.0.1 only.
 """
@@ -16,22 +16,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from tests.conftest import PATIENT_VIEW_KEYS
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PV = "/cds-services/sleep-movement-patient-view"
-ACTIVE = {
-    "coding": [
-        {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
-    ]
-}
 
 
 def free_port() -> int:
@@ -39,107 +29,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-# --- request bodies --------------------------------------------------------------------------
-
-
-def rls_condition(patient_id: str = "p1", cid: str = "rls") -> dict[str, Any]:
-    return {
-        "resourceType": "Condition",
-        "id": cid,
-        "clinicalStatus": ACTIVE,
-        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "32914008"}]},
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "onsetDateTime": "2026-06-01",
-    }
-
-
-def ferritin(
-    patient_id: str = "p1", value: float = 40, oid: str = "f1", when: str = "2026-11-01"
-) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": oid,
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "2276-4"}]},
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "effectiveDateTime": when,
-        "valueQuantity": {
-            "value": value,
-            "unit": "ng/mL",
-            "system": "http://unitsofmeasure.org",
-            "code": "ng/mL",
-        },
-    }
-
-
-def searchset(*resources: Any) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [{"resource": r} for r in resources],
-    }
-
-
-def patient_view(
-    patient_id: str = "p1",
-    *,
-    ferritin_value: float = 40,
-    patient: dict[str, Any] | None = None,
-    fhir_server: str | None = None,
-    token: str | None = None,
-    omit: tuple[str, ...] = (),
-    observations: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """A patient-view call whose prefetch (RLS + ferritin 40 ng/mL) yields the iron cards.
-
-    Keys in ``omit`` are left out of the prefetch, so the service fetches them from fhirServer.
-    """
-    # Every key discovery advertises: the ones not set here are null (no data), never fetched.
-    prefetch: dict[str, Any] = dict.fromkeys(PATIENT_VIEW_KEYS) | {
-        "patient": patient
-        or {"resourceType": "Patient", "id": patient_id, "birthDate": "1970-01-01"},
-        "conditions": searchset(rls_condition(patient_id)),
-        "observations": searchset(
-            *(observations if observations is not None else [ferritin(patient_id, ferritin_value)])
-        ),
-    }
-    for key in omit:
-        prefetch.pop(key, None)
-    body: dict[str, Any] = {
-        "hook": "patient-view",
-        "hookInstance": str(uuid.uuid4()),
-        "context": {"patientId": patient_id, "userId": "Practitioner/u1"},
-        "prefetch": prefetch,
-    }
-    if fhir_server is not None:
-        body["fhirServer"] = fhir_server
-    if token is not None:
-        body["fhirAuthorization"] = {
-            "access_token": token,
-            "token_type": "Bearer",
-            "expires_in": 300,
-            "scope": "patient/*.read",
-            "subject": "cds-service",
-        }
-    return body
-
-
-def feedback_item(
-    card_uuid: str, *, outcome: str = "overridden", when: str = "2026-11-25T09:00:00Z"
-) -> dict[str, Any]:
-    item: dict[str, Any] = {"card": card_uuid, "outcome": outcome, "outcomeTimestamp": when}
-    if outcome == "overridden":
-        item["overrideReason"] = {
-            "reason": {
-                "system": "https://sleep-cds.example.org/fhir/CodeSystem/sleep-cds",
-                "code": "not-clinically-relevant",
-            }
-        }
-    else:
-        item["acceptedSuggestions"] = [{"id": str(uuid.uuid4())}]
-    return item
 
 
 # --- a private PostgreSQL cluster --------------------------------------------------------------

@@ -27,12 +27,8 @@ from service import metrics
 from service.config import Settings
 from service.main import create_app
 from tests.conftest import FrozenClock, make_settings
-from tests.reliability.helpers import (
-    PV,
-    PrivatePostgres,
-    feedback_item,
-    patient_view,
-)
+from tests.factories import PV, feedback_item, patient_view
+from tests.reliability.helpers import PrivatePostgres
 
 pytestmark = pytest.mark.integration
 ISS = "https://ehr.example.com"

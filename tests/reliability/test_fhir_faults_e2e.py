@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from service import metrics
 from service.main import create_app
 from tests.conftest import make_settings
+from tests.factories import PV, patient_view
 from tests.fixtures.bad_fhir import BadFhirServer
-from tests.reliability.helpers import PV, patient_view
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,9 @@ import pytest
 
 from service.cli import upgrade_database
 from service.config import Settings
+from tests.factories import PV, patient_view
 from tests.fixtures.bad_fhir import BadFhirServer
-from tests.reliability.helpers import PV, ServiceProcess, patient_view
+from tests.reliability.helpers import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

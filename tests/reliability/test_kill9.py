@@ -22,13 +22,8 @@ from sqlalchemy import create_engine, text
 
 from service.cli import upgrade_database
 from service.config import Settings
-from tests.reliability.helpers import (
-    PV,
-    PrivatePostgres,
-    ServiceProcess,
-    feedback_item,
-    patient_view,
-)
+from tests.factories import PV, feedback_item, patient_view
+from tests.reliability.helpers import PrivatePostgres, ServiceProcess
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,8 @@ import pytest
 
 from service.cli import upgrade_database
 from service.config import Settings
-from tests.reliability.helpers import PV, ServiceProcess, patient_view
+from tests.factories import PV, patient_view
+from tests.reliability.helpers import ServiceProcess
 
 BODY_TIMEOUT_S = 3.0
 HEADER_TIMEOUT_S = 2.0

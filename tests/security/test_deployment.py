@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from jwt.algorithms import ECAlgorithm
 
 from service.security.issuers import ConfigurationError
-from tests.reliability.helpers import PV, patient_view
+from tests.factories import PV, patient_view
 
 ADMIN = "console-admin-t0ken-1234567890"
 LOOPBACK = "http://127.0.0.1:8080"

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from service import metrics
 from service.engine.prefetch import fill_template
 from service.fhir import FhirClient
-from tests.reliability.helpers import PV, feedback_item, patient_view
+from tests.factories import PV, feedback_item, patient_view
 
 FHIR = "http://127.0.0.1:9/fhir"  # never connected to: a recording transport answers
 
