@@ -20,6 +20,8 @@ from service.config import Settings
 from service.engine.record import RecordReader
 from service.knowledge.base import load_knowledge
 from service.knowledge.valuesets import ValueSetIndex
+from tests.knowledge.test_fhir_profiles import UNION_IDS, union_members
+from tests.knowledge.test_fhir_profiles import valueset as valueset_json
 
 SETTINGS = Settings()
 KB = load_knowledge(SETTINGS.fhir_profiles_dir, SETTINGS.knowledge_dir)
@@ -33,29 +35,8 @@ REFERENCE: dict[str, Any] = yaml.safe_load(
     (Path(__file__).with_name("drug_classes.yaml")).read_text(encoding="utf-8")
 )
 NEGATIVE = REFERENCE.pop("not-rls-aggravating")
-UNIONS = {
-    "med-rls-aggravating": [
-        "med-ssri",
-        "med-snri",
-        "med-mirtazapine",
-        "med-tca",
-        "med-antipsychotic-d2",
-        "med-antiemetic-d2",
-        "med-sedating-antihistamine",
-        "med-lithium",
-        "med-stimulant",
-        "med-decongestant",
-        "med-caffeine",
-        "med-tramadol",
-    ],
-    "med-rls-high-risk": [
-        "med-mirtazapine",
-        "med-sedating-antihistamine",
-        "med-antipsychotic-d2",
-        "med-antiemetic-d2",
-    ],
-    "med-bronchodilator-stimulant": ["med-beta2-agonist", "med-methylxanthine"],
-}
+# Each union ValueSet (med-rls-aggravating, ...) and its member classes, from fhir_profiles.
+UNIONS = {vs_id: union_members(valueset_json(vs_id)) for vs_id in UNION_IDS}
 
 CASES = [
     pytest.param(vs_id, entry, id=f"{vs_id}:{entry['ingredient']}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from fhir.resources.R4B import get_fhir_model_class
 
 PROFILES = Path(__file__).resolve().parents[2] / "fhir_profiles"
@@ -27,150 +28,9 @@ LOINC = "http://loinc.org"
 
 FILE_NAMES = sorted(p.name for p in PROFILES.glob("*.json"))
 
-REQUIRED_VALUESETS = {
-    # symptoms and diagnoses
-    "hypnic-jerks",
-    "restless-legs",
-    "plmd",
-    "leg-cramps",
-    "myoclonus",
-    "other-sleep-movement",
-    "sleep-movement-complaint",
-    "insomnia",
-    "daytime-sleepiness",
-    "fatigue",
-    "paresthesia",
-    "numbness",
-    "muscle-weakness",
-    "balance-disorder",
-    "focal-neuro-signs",
-    "seizure",
-    "osa",
-    "ckd",
-    "esrd",
-    "pregnancy",
-    "iron-overload",
-    "iron-deficiency",
-    "hypothyroidism",
-    "hypomagnesemia",
-    "hypokalemia",
-    "hypocalcemia",
-    "vitamin-d-deficiency",
-    # labs
-    "lab-magnesium",
-    "lab-potassium",
-    "lab-calcium-total",
-    "lab-calcium-corrected",
-    "lab-calcium-ionized",
-    "lab-vitamin-d-25oh",
-    "lab-ferritin",
-    "lab-iron",
-    "lab-tibc",
-    "lab-tsat",
-    "lab-tsh",
-    "lab-creatinine",
-    "lab-egfr",
-    "lab-hba1c",
-    "lab-glucose-fasting",
-    "lab-glucose",
-    "lab-vitamin-b12",
-    "lab-albumin",
-    # scores
-    "score-epworth",
-    "score-stop-bang",
-    "score-irls",
-    # drug classes
-    "med-ssri",
-    "med-snri",
-    "med-mirtazapine",
-    "med-tca",
-    "med-antipsychotic-d2",
-    "med-antiemetic-d2",
-    "med-sedating-antihistamine",
-    "med-lithium",
-    "med-beta2-agonist",
-    "med-methylxanthine",
-    "med-stimulant",
-    "med-decongestant",
-    "med-caffeine",
-    "med-tramadol",
-    "med-dopaminergic-rls",
-    "med-alpha2delta",
-    "med-iron",
-    "med-iv-iron",
-    "med-ppi",
-    "med-diuretic",
-    "med-rls-neutral-antidepressants",
-    "med-rls-aggravating",
-    "med-rls-high-risk",
-    "med-bronchodilator-stimulant",
-    # orders
-    "order-polysomnography",
-    "order-home-sleep-test",
-    "order-iron-studies",
-}
-
-EXPECTED_UNIONS = {
-    "sleep-movement-complaint": {
-        "hypnic-jerks",
-        "restless-legs",
-        "plmd",
-        "leg-cramps",
-        "myoclonus",
-        "other-sleep-movement",
-    },
-    "focal-neuro-signs": {"numbness", "muscle-weakness", "balance-disorder"},
-    "med-rls-aggravating": {
-        "med-ssri",
-        "med-snri",
-        "med-mirtazapine",
-        "med-tca",
-        "med-antipsychotic-d2",
-        "med-antiemetic-d2",
-        "med-sedating-antihistamine",
-        "med-lithium",
-        "med-stimulant",
-        "med-decongestant",
-        "med-caffeine",
-        "med-tramadol",
-    },
-    "med-bronchodilator-stimulant": {"med-beta2-agonist", "med-methylxanthine"},
-    "med-rls-high-risk": {
-        "med-mirtazapine",
-        "med-sedating-antihistamine",
-        "med-antipsychotic-d2",
-        "med-antiemetic-d2",
-    },
-    "order-iron-studies": {"lab-ferritin", "lab-iron", "lab-tibc", "lab-tsat"},
-}
-
-JOURNAL_ITEM_TYPES = {
-    "night-date": "date",
-    "bedtime": "time",
-    "sleep-onset-latency-min": "integer",
-    "total-sleep-h": "decimal",
-    "jerk-count": "integer",
-    "jerk-awakenings": "integer",
-    "jerk-timing": "choice",
-    "seizure-features": "boolean",
-    "urge-to-move": "boolean",
-    "worse-at-rest": "boolean",
-    "relieved-by-movement": "boolean",
-    "evening-worse": "boolean",
-    "cramp-pain": "boolean",
-    "tingling-numbness": "boolean",
-    "weakness-balance": "boolean",
-    "partner-observed-kicks": "choice",
-    "caffeine-after-14": "boolean",
-    "late-exercise": "boolean",
-    "stress-level": "integer",
-    "alcohol-drinks": "integer",
-    "nicotine-evening": "boolean",
-    "screens-in-bed": "boolean",
-    "daytime-exhaustion": "integer",
-    "dozed-off": "boolean",
-    "new-medicines": "string",
-}
+KNOWLEDGE = Path(__file__).resolve().parents[2] / "service" / "knowledge"
+# The Questionnaire item types the journal reader takes an answer of (value[x] it reads).
+JOURNAL_TYPES = {"date", "time", "integer", "decimal", "choice", "boolean", "string"}
 
 # RxCUIs / ATC codes of the documented exceptions: bupropion, trazodone, doxepin.
 NEUTRAL_RXCUIS = {"42347", "10737", "3638"}
@@ -233,6 +93,38 @@ def cs_children(parent: str) -> dict[str, str]:
     return {c["code"]: c["display"] for c in top[parent].get("concept", [])}
 
 
+def union_members(vs: dict[str, Any]) -> list[str]:
+    return [
+        v.removeprefix(BASE + "ValueSet/")
+        for inc in vs["compose"]["include"]
+        for v in inc.get("valueSet", [])
+    ]
+
+
+def knowledge_strings() -> list[tuple[str, str]]:
+    """Every (file, string) in the knowledge YAML (rules, analytes, orders, policy)."""
+    found: list[tuple[str, str]] = []
+
+    def walk(where: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for value in node.values():
+                walk(where, value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(where, value)
+        elif isinstance(node, str):
+            found.append((where, node))
+
+    for path in sorted(KNOWLEDGE.rglob("*.yaml")):
+        walk(path.name, yaml.safe_load(path.read_text(encoding="utf-8")))
+    return found
+
+
+def policy() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((KNOWLEDGE / "policy.yaml").read_text(encoding="utf-8"))
+    return data
+
+
 def phrase_in(phrase: str, text: str) -> bool:
     """Case-insensitive, word-bounded phrase match (the documented matching rule)."""
     return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, re.IGNORECASE) is not None
@@ -251,9 +143,14 @@ def test_expected_artifacts_exist() -> None:
     assert "Questionnaire-sleep-journal.json" in FILE_NAMES
     assert "StructureDefinition-text-synonym.json" in FILE_NAMES
     assert "StructureDefinition-code-evidence.json" in FILE_NAMES
-    missing = REQUIRED_VALUESETS - set(VALUESET_IDS)
-    assert not missing, f"missing ValueSets: {sorted(missing)}"
-    assert set(UNION_IDS) == set(EXPECTED_UNIONS)
+
+
+def test_every_valueset_the_knowledge_names_resolves() -> None:
+    """Rules, analytes, orders and policy name ValueSets by canonical URL: each one exists."""
+    named = [(w, s) for w, s in knowledge_strings() if s.startswith(BASE + "ValueSet/")]
+    assert named
+    for where, url in named:
+        assert url.removeprefix(BASE + "ValueSet/") in VALUESET_IDS, (where, url)
 
 
 @pytest.mark.parametrize("name", FILE_NAMES)
@@ -332,8 +229,9 @@ def test_union_expansion_equals_member_union(vs_id: str) -> None:
     includes = vs["compose"]["include"]
     # one member per include: several valueSets in one include would mean intersection
     assert all(set(inc) == {"valueSet"} and len(inc["valueSet"]) == 1 for inc in includes)
-    members = [inc["valueSet"][0].removeprefix(BASE + "ValueSet/") for inc in includes]
-    assert set(members) == EXPECTED_UNIONS[vs_id]
+    members = union_members(vs)
+    assert vs_id not in members and len(members) == len(set(members)) > 1, members
+    assert set(members) <= set(VALUESET_IDS), members
     expected_keys: set[tuple[str, str]] = set()
     expected_synonyms: set[str] = set()
     for member in members:
@@ -408,7 +306,7 @@ def test_rls_neutral_antidepressants_are_not_flagged() -> None:
     assert {(RXNORM, c) for c in NEUTRAL_RXCUIS} <= neutral
     assert {(ATC, c) for c in NEUTRAL_ATC} <= neutral
     flagged_ids = ["med-rls-aggravating", "med-rls-high-risk"]
-    flagged_ids += sorted(EXPECTED_UNIONS["med-rls-aggravating"])
+    flagged_ids += sorted(union_members(valueset("med-rls-aggravating")))
     for flagged_id in flagged_ids:
         flagged = expansion_keys(valueset(flagged_id))
         assert not {(RXNORM, c) for c in NEUTRAL_RXCUIS} & flagged, flagged_id
@@ -478,32 +376,33 @@ def test_codesystem_codes_are_unique_and_defined() -> None:
         assert c["display"].strip() and c["definition"].strip(), c["code"]
 
 
-def test_codesystem_groupings() -> None:
-    top = {c["code"] for c in codesystem()["concept"]}
-    assert top == {
-        "finding",
-        "card-topic",
-        "override-reason",
-        "journal-item",
-        "journal-answer",
-        "score",
-    }
-    assert set(cs_children("finding")) == {"hypnic-jerk"}
-    assert set(cs_children("card-topic")) == {
-        "lifestyle",
-        "lab-check",
-        "medication-review",
-        "sleep-study-referral",
-        "neurology-referral",
-    }
-    assert cs_children("override-reason") == {
-        "already-addressed": "Already addressed",
-        "patient-declined": "Patient declined",
-        "not-clinically-relevant": "Not clinically relevant",
-        "will-reassess": "Will reassess later",
-    }
-    assert set(cs_children("score")) == {"stop-bang-score", "irls-score", "epworth-score"}
-    assert set(cs_children("journal-item")) == set(JOURNAL_ITEM_TYPES)
+def test_card_topics_are_the_policys_topics() -> None:
+    """Each topic a card may carry is a CodeSystem card-topic, with the same display, and back."""
+    topics = {t["code"]: t["display"] for t in policy()["topics"]}
+    assert all(t["system"] == CS_URL for t in policy()["topics"])
+    assert topics
+    assert cs_children("card-topic") == topics
+
+
+def test_every_card_offers_override_reasons_from_the_codesystem() -> None:
+    """The override reasons offered on every card are the CodeSystem's, each hiding a while."""
+    reasons = policy()["override_reasons"]
+    assert reasons
+    assert cs_children("override-reason") == {r["code"]: r["display"] for r in reasons}
+    assert all(r["suppress_days"] > 0 for r in reasons)
+
+
+def test_every_rule_topic_is_a_card_topic() -> None:
+    topics = set(cs_children("card-topic"))
+    rules = sorted((KNOWLEDGE / "rules").glob("*.yaml"))
+    assert rules
+    for path in rules:
+        assert yaml.safe_load(path.read_text(encoding="utf-8"))["topic"] in topics, path.name
+
+
+def test_journal_items_are_the_questionnaire_items() -> None:
+    link_ids = {i["linkId"] for i in questionnaire()["item"]}
+    assert set(cs_children("journal-item")) == link_ids
 
 
 def local_codings() -> list[tuple[str, dict[str, Any]]]:
@@ -530,7 +429,7 @@ def local_codings() -> list[tuple[str, dict[str, Any]]]:
 def test_local_codes_exist_in_codesystem() -> None:
     displays = cs_displays()
     usages = local_codings()
-    assert len(usages) > len(JOURNAL_ITEM_TYPES)
+    assert len(usages) > len(questionnaire()["item"])
     for where, coding in usages:
         assert coding["code"] in displays, (where, coding["code"])
         assert coding["display"] == displays[coding["code"]], (where, coding["code"])
@@ -546,7 +445,7 @@ def test_questionnaire_items() -> None:
     items = q["item"]
     link_ids = [i["linkId"] for i in items]
     assert len(link_ids) == len(set(link_ids))
-    assert {i["linkId"]: i["type"] for i in items} == JOURNAL_ITEM_TYPES
+    assert {i["type"] for i in items} <= JOURNAL_TYPES
     for item in items:
         first = item["code"][0]
         assert (first["system"], first["code"]) == (CS_URL, item["linkId"])
@@ -563,14 +462,10 @@ def test_questionnaire_details() -> None:
         assert ext["minValue"]["valueInteger"] == 0
         assert ext["maxValue"]["valueInteger"] == 10
     answers = cs_children("journal-answer")
-    expected_options = {
-        "jerk-timing": {"falling-asleep", "during-night", "awake-daytime"},
-        "partner-observed-kicks": {"yes", "no", "no-partner"},
-    }
-    for link_id, codes in expected_options.items():
-        options = {o["valueCoding"]["code"] for o in items[link_id]["answerOption"]}
-        assert options == codes
-        assert options <= set(answers)
+    for link_id, item in items.items():
+        if item["type"] == "choice":
+            options = {o["valueCoding"]["code"] for o in item["answerOption"]}
+            assert options and options <= set(answers), link_id
     assert not any("answerOption" in i for i in items.values() if i["type"] != "choice")
 
 
