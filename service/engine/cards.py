@@ -18,9 +18,9 @@ import orjson
 from jinja2 import Template
 
 from service.cdshooks.models import SUMMARY_MAX
-from service.engine.evaluate import SEVERITY, RuleOutcome
 from service.engine.prefetch import OPTIONAL_CATEGORIES, needs
 from service.engine.record import PatientRecord
+from service.engine.rules import SEVERITY, RuleOutcome
 from service.engine.suppression import RuleRef, SuggestionRef
 from service.knowledge import orders, schema
 from service.knowledge.base import CODESYSTEM_URL, KnowledgeBase

@@ -13,7 +13,6 @@ from datetime import date
 from typing import Any, Protocol
 
 from service.engine.cards import CardComposer, CardMeta
-from service.engine.evaluate import RuleEngine, RuleOutcome
 from service.engine.prefetch import (
     KEY_CATEGORY,
     OPTIONAL_CATEGORIES,
@@ -22,6 +21,7 @@ from service.engine.prefetch import (
     templates_for,
 )
 from service.engine.record import PatientRecord, RecordReader
+from service.engine.rules import RuleEngine, RuleOutcome
 from service.errors import PrefetchUnavailable
 from service.knowledge.base import KnowledgeBase
 from service.knowledge.schema import HOOKS

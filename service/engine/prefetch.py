@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from service.engine.conditions import OPERATORS
 from service.knowledge import schema
 from service.knowledge.base import KnowledgeBase, iter_conditions
 from service.outcome import is_failed_outcome, is_operation_outcome
@@ -87,29 +88,10 @@ def needs(node: schema.Condition) -> tuple[set[str], set[str], set[str]]:
     analytes: set[str] = set()
     procedures: set[str] = set()
     for item in iter_conditions(node):
-        if isinstance(item, schema.FindingCond):
-            kinds = {"condition": "conditions", "observation": "symptoms", "journal": "journal"}
-            categories.update(kinds[k] for k in item.finding.kinds)
-        elif isinstance(item, schema.LabCond):
-            categories.add("observations")
-            analytes.add(item.lab.analyte)
-        elif isinstance(item, schema.LabMissingCond):
-            categories.add("observations")
-            analytes.add(item.lab_missing.analyte)
-        elif isinstance(item, schema.MedicationCond):
-            categories.add("medications")
-        elif isinstance(item, schema.RenalDoseCond):
-            categories.update({"medications", "observations"})
-            analytes.add(item.renal_dose.analyte)
-        elif isinstance(item, schema.MedicationBeforeFindingCond):
-            categories.update({"medications", "conditions", "symptoms", "journal"})
-        elif isinstance(item, schema.JournalCond):
-            categories.add("journal")
-        elif isinstance(item, schema.AgeCond):
-            categories.add("patient")
-        elif isinstance(item, schema.ProcedureCond):
-            categories.add("procedures")
-            procedures.add(item.procedure.valueset)
+        needed, used, valuesets = OPERATORS[type(item)].reads(item)
+        categories |= needed
+        analytes |= used
+        procedures |= valuesets
     return categories, analytes, procedures
 
 

@@ -93,36 +93,17 @@ def _load_yaml(path: Path, model: type[M]) -> M:
 def iter_conditions(node: schema.Condition) -> Iterator[schema.Condition]:
     """Every node of a condition tree, depth first."""
     yield node
-    if isinstance(node, schema.AllCond):
-        for child in node.all:
-            yield from iter_conditions(child)
-    elif isinstance(node, schema.AnyCond):
-        for child in node.any:
-            yield from iter_conditions(child)
-    elif isinstance(node, schema.NotCond):
-        yield from iter_conditions(node.not_)
-    elif isinstance(node, schema.AtLeastCond):
-        for child in node.at_least.of:
-            yield from iter_conditions(child)
+    for child in node.children:
+        yield from iter_conditions(child)
 
 
 def _bindings(node: schema.Condition) -> dict[str, str]:
     """Binding name → operator, for template and suggestion checks."""
     names: dict[str, str] = {}
     for item in iter_conditions(node):
-        for op_name in (
-            "finding",
-            "lab",
-            "lab_missing",
-            "medication",
-            "renal_dose",
-            "draft_order",
-            "journal",
-            "procedure",
-        ):
-            spec = getattr(item, op_name, None)
-            if spec is not None and spec.as_:
-                names[spec.as_] = op_name
+        as_ = getattr(item.spec, "as_", None) if isinstance(item, schema.LeafCond) else None
+        if as_:
+            names[as_] = item.operator
     return names
 
 
@@ -140,56 +121,30 @@ class _Checker:
             raise KnowledgeError(f"{where}: ValueSet {url} is not in fhir_profiles/")
 
     def condition(self, where: str, node: schema.Condition) -> None:
+        """Every value set, analyte, unit and journal item the tree's specs name exists."""
         for item in iter_conditions(node):
-            if isinstance(item, schema.FindingCond):
-                self.valueset(f"{where} field 'finding.valueset'", item.finding.valueset)
-            elif isinstance(item, schema.LabCond):
-                self.analyte(where, item.lab.analyte)
-                conversions = self.analytes[item.lab.analyte].conversions
-                if item.lab.unit not in conversions:
+            if not isinstance(item, schema.LeafCond):
+                continue
+            operator, spec = item.operator, item.spec
+            analyte = ""
+            for kind, name in spec.references:
+                value = getattr(spec, name)
+                if kind == "valueset" and value:
+                    self.valueset(f"{where} field '{operator}.{name}'", value)
+                elif kind == "analyte":
+                    self.analyte(where, value)
+                    analyte = value
+                elif kind == "unit" and value not in self.analytes[analyte].conversions:
+                    conversions = self.analytes[analyte].conversions
                     raise KnowledgeError(
-                        f"{where} field 'lab.unit': {item.lab.unit!r} is not a known unit of "
-                        f"{item.lab.analyte} ({', '.join(conversions)})"
+                        f"{where} field '{operator}.unit': {value!r} is not a known unit of "
+                        f"{analyte} ({', '.join(conversions)})"
                     )
-            elif isinstance(item, schema.LabMissingCond):
-                self.analyte(where, item.lab_missing.analyte)
-            elif isinstance(item, schema.MedicationCond):
-                med = item.medication
-                self.include_exclude(where, "medication", med.valueset, med.exclude_valueset)
-            elif isinstance(item, schema.MedicationBeforeFindingCond):
-                spec = item.medication_before_finding
-                self.valueset(
-                    f"{where} field 'medication_before_finding.medication'", spec.medication
-                )
-                self.valueset(f"{where} field 'medication_before_finding.finding'", spec.finding)
-            elif isinstance(item, schema.RenalDoseCond):
-                dose = item.renal_dose
-                self.valueset(f"{where} field 'renal_dose.medication'", dose.medication)
-                self.analyte(where, dose.analyte)
-                if dose.unit not in self.analytes[dose.analyte].conversions:
+                elif kind == "journal_item" and value not in self.journal_items:
                     raise KnowledgeError(
-                        f"{where} field 'renal_dose.unit': {dose.unit!r} is not a known unit of "
-                        f"{dose.analyte}"
+                        f"{where} field '{operator}.item': {value!r} is not an item of the "
+                        "sleep-journal Questionnaire"
                     )
-            elif isinstance(item, schema.DraftOrderCond):
-                draft = item.draft_order
-                self.include_exclude(where, "draft_order", draft.valueset, draft.exclude_valueset)
-            elif isinstance(item, schema.ProcedureCond):
-                study = item.procedure
-                self.include_exclude(where, "procedure", study.valueset, study.exclude_valueset)
-            elif (
-                isinstance(item, schema.JournalCond) and item.journal.item not in self.journal_items
-            ):
-                raise KnowledgeError(
-                    f"{where} field 'journal.item': {item.journal.item!r} is not an item of the "
-                    "sleep-journal Questionnaire"
-                )
-
-    def include_exclude(self, where: str, key: str, include: str, exclude: str | None) -> None:
-        """A condition's ``valueset`` and optional ``exclude_valueset`` both exist."""
-        self.valueset(f"{where} field '{key}.valueset'", include)
-        if exclude:
-            self.valueset(f"{where} field '{key}.exclude_valueset'", exclude)
 
     def analyte(self, where: str, name: str) -> None:
         if name not in self.analytes:

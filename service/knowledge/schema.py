@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -33,11 +33,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Reference = Literal["valueset", "analyte", "unit", "journal_item"]
+
+
+class _Spec(_Strict):
+    """A leaf condition's spec."""
+
+    references: ClassVar[tuple[tuple[Reference, str], ...]] = ()
+    """(what it names, field): the value sets, analyte, unit of that analyte and journal item
+    the loader checks exist."""
+
+
 # --- leaves -----------------------------------------------------------------------------------
 
 
-class FindingSpec(_Strict):
+class FindingSpec(_Spec):
     """A symptom or diagnosis: Condition, symptom Observation or sleep-journal answer."""
+
+    references = (("valueset", "valueset"),)
 
     valueset: str
     within_days: int | None = Field(default=None, ge=1)
@@ -52,13 +65,15 @@ class FindingSpec(_Strict):
     as_: str | None = Field(default=None, alias="as")
 
 
-class LabSpec(_Strict):
+class LabSpec(_Spec):
     """The newest usable value of an analyte, compared with a threshold.
 
     When ``interpretation`` is given and the Observation carries interpretation codes, those codes
     decide. Otherwise, when ``reference_range`` is given and the Observation has that bound, the
     lab's own range decides. Otherwise ``op`` ``value`` ``unit`` decides.
     """
+
+    references = (("analyte", "analyte"), ("unit", "unit"))
 
     analyte: str
     op: Comparator
@@ -74,20 +89,24 @@ class LabSpec(_Strict):
     as_: str | None = Field(default=None, alias="as")
 
 
-class LabMissingSpec(_Strict):
+class LabMissingSpec(_Spec):
     """No usable value of the analyte within the window (missing or stale)."""
+
+    references = (("analyte", "analyte"),)
 
     analyte: str
     within_days: int = Field(ge=1)
     as_: str | None = Field(default=None, alias="as")
 
 
-class MedicationSpec(_Strict):
+class MedicationSpec(_Spec):
     """An active medication (MedicationRequest or MedicationStatement) in a drug-class ValueSet.
 
     With ``recent_days`` it is a medicine *given* recently: active (an ongoing course), or a
     completed course whose last date falls within the window (IV iron in the last 12 weeks).
     """
+
+    references = (("valueset", "valueset"), ("valueset", "exclude_valueset"))
 
     valueset: str
     exclude_valueset: str | None = None
@@ -95,8 +114,10 @@ class MedicationSpec(_Strict):
     as_: str | None = Field(default=None, alias="as")
 
 
-class MedicationBeforeFindingSpec(_Strict):
+class MedicationBeforeFindingSpec(_Spec):
     """A drug in the class started at most ``max_days`` before the finding's onset."""
+
+    references = (("valueset", "medication"), ("valueset", "finding"))
 
     medication: str
     finding: str
@@ -134,10 +155,12 @@ class RenalDrug(_Strict):
         return self
 
 
-class RenalDoseSpec(_Strict):
+class RenalDoseSpec(_Spec):
     """Active drugs of the class compared with their renal dose limit for the newest kidney
     function result. True when a listed drug is active (``exceeds_only``: only when a recorded
     daily dose is above the limit); the binding says, per drug, above / within / not on record."""
+
+    references = (("valueset", "medication"), ("analyte", "analyte"), ("unit", "unit"))
 
     medication: str
     analyte: str
@@ -148,16 +171,20 @@ class RenalDoseSpec(_Strict):
     as_: str | None = Field(default=None, alias="as")
 
 
-class DraftOrderSpec(_Strict):
+class DraftOrderSpec(_Spec):
     """A draft order of the order hooks (only ``selections`` at order-select) in a ValueSet."""
+
+    references = (("valueset", "valueset"), ("valueset", "exclude_valueset"))
 
     valueset: str
     exclude_valueset: str | None = None
     as_: str | None = Field(default=None, alias="as")
 
 
-class JournalSpec(_Strict):
+class JournalSpec(_Spec):
     """Sleep-journal nights whose answer to ``item`` satisfies ``op value``."""
+
+    references = (("journal_item", "item"),)
 
     item: str
     op: Comparator = "=="
@@ -170,7 +197,7 @@ class JournalSpec(_Strict):
 ProcedureState = Literal["ordered", "done"]
 
 
-class ProcedureSpec(_Strict):
+class ProcedureSpec(_Spec):
     """A procedure or study in a ValueSet that is ordered (an active ServiceRequest, or a
     Procedure in progress) or done (a completed ServiceRequest or Procedure, or a
     DiagnosticReport), dated within ``within_days`` and at least ``min_days_ago`` old.
@@ -180,6 +207,8 @@ class ProcedureSpec(_Strict):
     recommendation (a study already done): the card then shows, with the missing-data note,
     rather than a referral being hidden because the query failed.
     """
+
+    references = (("valueset", "valueset"), ("valueset", "exclude_valueset"))
 
     valueset: str
     exclude_valueset: str | None = None
@@ -191,64 +220,99 @@ class ProcedureSpec(_Strict):
     as_: str | None = Field(default=None, alias="as")
 
 
-class AgeSpec(_Strict):
+class AgeSpec(_Spec):
     op: Comparator
     years: int = Field(ge=0)
 
 
-class FindingCond(_Strict):
+class Cond(_Strict):
+    """A node of a condition tree: a one-key mapping naming its operator."""
+
+    @property
+    def operator(self) -> str:
+        """The key naming the operator in the rule files (``lab``, ``not``)."""
+        name, info = next(iter(type(self).model_fields.items()))
+        return info.alias or name
+
+    @property
+    def children(self) -> tuple[Condition, ...]:
+        return ()
+
+
+class LeafCond(Cond):
+    """A condition that reads the record: its one field, named after the operator, is its spec."""
+
+    @property
+    def spec(self) -> _Spec:
+        spec: _Spec = getattr(self, next(iter(type(self).model_fields)))
+        return spec
+
+
+class FindingCond(LeafCond):
     finding: FindingSpec
 
 
-class LabCond(_Strict):
+class LabCond(LeafCond):
     lab: LabSpec
 
 
-class LabMissingCond(_Strict):
+class LabMissingCond(LeafCond):
     lab_missing: LabMissingSpec
 
 
-class MedicationCond(_Strict):
+class MedicationCond(LeafCond):
     medication: MedicationSpec
 
 
-class MedicationBeforeFindingCond(_Strict):
+class MedicationBeforeFindingCond(LeafCond):
     medication_before_finding: MedicationBeforeFindingSpec
 
 
-class RenalDoseCond(_Strict):
+class RenalDoseCond(LeafCond):
     renal_dose: RenalDoseSpec
 
 
-class DraftOrderCond(_Strict):
+class DraftOrderCond(LeafCond):
     draft_order: DraftOrderSpec
 
 
-class JournalCond(_Strict):
+class JournalCond(LeafCond):
     journal: JournalSpec
 
 
-class AgeCond(_Strict):
+class AgeCond(LeafCond):
     age: AgeSpec
 
 
-class ProcedureCond(_Strict):
+class ProcedureCond(LeafCond):
     procedure: ProcedureSpec
 
 
 # --- combinators ------------------------------------------------------------------------------
 
 
-class AllCond(_Strict):
+class AllCond(Cond):
     all: tuple[Condition, ...] = Field(min_length=1)
 
+    @property
+    def children(self) -> tuple[Condition, ...]:
+        return self.all
 
-class AnyCond(_Strict):
+
+class AnyCond(Cond):
     any: tuple[Condition, ...] = Field(min_length=1)
 
+    @property
+    def children(self) -> tuple[Condition, ...]:
+        return self.any
 
-class NotCond(_Strict):
+
+class NotCond(Cond):
     not_: Condition = Field(alias="not")
+
+    @property
+    def children(self) -> tuple[Condition, ...]:
+        return (self.not_,)
 
 
 class AtLeastSpec(_Strict):
@@ -262,8 +326,12 @@ class AtLeastSpec(_Strict):
         return self
 
 
-class AtLeastCond(_Strict):
+class AtLeastCond(Cond):
     at_least: AtLeastSpec
+
+    @property
+    def children(self) -> tuple[Condition, ...]:
+        return self.at_least.of
 
 
 _OPERATORS: dict[str, type[Any]] = {

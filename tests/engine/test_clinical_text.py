@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from service.config import Settings
-from service.engine.evaluate import Evaluator, RuleEngine
+from service.engine.evaluator import Evaluator
 from service.engine.prefetch import OPTIONAL_CATEGORIES, templates_for
 from service.engine.record import PatientRecord, RecordReader
+from service.engine.rules import RuleEngine
 from service.knowledge import schema
 from service.knowledge.base import load_knowledge
 

@@ -225,7 +225,7 @@ def test_indication_of_an_active_medicine_is_a_finding() -> None:
 
 def test_summary_is_plain_text_and_detail_escapes_data() -> None:
     from service.engine.cards import CardComposer
-    from service.engine.evaluate import RuleEngine
+    from service.engine.rules import RuleEngine
 
     condition = {
         "resourceType": "Condition",

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from service.config import Settings
-from service.engine.evaluate import RuleEngine, RuleOutcome
 from service.engine.prefetch import templates_for
 from service.engine.record import PatientRecord, RecordReader
+from service.engine.rules import RuleEngine, RuleOutcome
 from service.errors import KnowledgeError
 from service.knowledge.base import load_knowledge
 

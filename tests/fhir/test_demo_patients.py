@@ -21,8 +21,8 @@ from fhir.resources.R4B import get_fhir_model_class
 import service.demo
 from service.config import Settings
 from service.engine.cards import CardComposer
-from service.engine.evaluate import RuleEngine
 from service.engine.record import RecordReader
+from service.engine.rules import RuleEngine
 from service.knowledge.base import KnowledgeBase, load_knowledge
 from service.sandbox import _SHIFTED_KEYS, DEMO_ANCHOR, demo_patient_files
 
