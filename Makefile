@@ -35,7 +35,7 @@ run: migrate ## serve on http://127.0.0.1:$(CDS_PORT)
 	$(BIN)/sleep-cds serve
 
 sandbox: install ## a real FHIR server with the demo patients, this service and (if present) the SMART launcher
-	$(BIN)/python -m service.sandbox
+	$(BIN)/python -m service.cli.sandbox
 
 test: install-test ## run the whole test suite (what CI runs; about 9 minutes)
 	$(BIN)/python -m pytest

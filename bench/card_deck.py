@@ -125,8 +125,8 @@ def deck() -> list[str]:
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-    from service.cli import upgrade_database
     from service.config import Settings
+    from service.db.migrate import upgrade_database
     from service.main import create_app
 
     lines: list[str] = []

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from service.sandbox import demo_patient_files, shift_dates
+from service.demo import demo_patient_files, shift_dates
 
 DEMO_ANCHOR = dt.date(2026, 11, 25)
 """The day the demo bundles' clinical dates are written against (service/demo/README.md)."""

@@ -6,7 +6,7 @@ What one run does, on loopback only:
    patient (plus one synthetic patient), a heavy record (2,000 Observations, 200 medications,
    50 conditions) and a tenth of it, order-sign with draft orders, and patient-view with no
    prefetch at all.
-2. Starts the real FHIR server (SEKMET, ``service/sandbox.py``) and loads those records into it,
+2. Starts the real FHIR server (SEKMET, ``service/cli/sekmet.py``) and loads those records into it,
    for the no-prefetch case.
 3. Starts the service as deployed: ``sleep-cds serve`` (uvicorn, uvloop, httptools, one worker,
    INFO logs), JWT on (a fresh ES384 key and an inline-JWKS registry), a fresh migrated database.
@@ -126,13 +126,13 @@ class Server:
 
 
 def _free_port() -> int:
-    from service.sandbox import free_port
+    from service.cli.processes import free_port
 
     return free_port()
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    from service.sandbox import stop_process
+    from service.cli.processes import stop_process
 
     stop_process(proc)
 
@@ -154,7 +154,8 @@ def start_server(
 ) -> Iterator[Server]:
     """Start ``cmd`` in ``cwd`` (``-m`` imports from there), logging to ``workdir``, and wait
     for its ``/healthz``."""
-    from service.sandbox import SandboxError, wait_http_ok
+    from service.cli.errors import SandboxError
+    from service.cli.processes import wait_http_ok
 
     log_path = workdir / f"{name}.log"
     with log_path.open("ab") as log_file:
@@ -1012,7 +1013,8 @@ class Bench:
         return {"collapsed": f"{out}.txt", "summary": summary}
 
     def run(self) -> dict[str, Any]:
-        from service.sandbox import load_bundles, running_sekmet
+        from service.cli.load import load_bundles
+        from service.cli.sekmet import running_sekmet
 
         args = self.args
         concurrencies = tuple(int(c) for c in args.concurrency.split(","))
@@ -1071,7 +1073,7 @@ class Bench:
                     sys.executable,
                     "-c",
                     f"import gc, sys\n{args.experiment}\n"
-                    f"from service.cli import main\nsys.exit(main(['serve', *{workers!r}]))",
+                    f"from service.cli.main import main\nsys.exit(main(['serve', *{workers!r}]))",
                 ]
                 report["config"]["experiment"] = args.experiment
             port = _free_port()

@@ -18,8 +18,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from service.cli import upgrade_database
 from service.config import Settings
+from service.db.migrate import upgrade_database
 from service.main import create_app
 
 # Local mode answers only loopback Host names (DNS rebinding); TestClient and httpx's ASGI

@@ -68,3 +68,22 @@ def test_knowledge_importing_the_engine_fails_the_layers_contract(tmp_path: Path
         result.stdout
     )
     assert "service.knowledge.upward -> service.engine.pipeline" in result.stdout
+
+
+def test_the_database_importing_the_cli_fails_naming_the_contract(tmp_path: Path) -> None:
+    root = _copy(tmp_path)
+    (root / "service" / "db" / "upward.py").write_text("from service.cli import main\n")
+    result = _lint_imports(root)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "nothing imports the CLI package (service.cli) BROKEN" in result.stdout
+    assert "service.db.upward -> service.cli.main" in result.stdout
+
+
+def test_the_api_importing_the_sandbox_fails_naming_the_contract(tmp_path: Path) -> None:
+    root = _copy(tmp_path)
+    (root / "service" / "api" / "dev.py").write_text("from service.cli import sekmet\n")
+    result = _lint_imports(root)
+    assert result.returncode == 1, result.stdout + result.stderr
+    contract = "the serving code never imports the sandbox tooling or demo patients"
+    assert f"{contract} BROKEN" in result.stdout
+    assert "service.api.dev -> service.cli.sekmet" in result.stdout

@@ -26,7 +26,7 @@ from fastapi.testclient import TestClient
 from jwt.algorithms import ECAlgorithm
 
 from service import analytics
-from service.cli import main as cli_main
+from service.cli.main import main as cli_main
 from tests.conftest import FrozenClock
 from tests.factories import (
     FERRITIN,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from service.sandbox import SandboxError, ensure_sekmet_venv
+from service.cli.errors import SandboxError
+from service.cli.sekmet import ensure_sekmet_venv
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = {"typical", "order-sign", "heavy", "heavy-tenth", "no-prefetch"}

@@ -23,16 +23,13 @@ import orjson
 import pytest
 import uvicorn
 
-from service.cli import upgrade_database
+from service.cli.load import load_bundles
+from service.cli.processes import free_port
+from service.cli.sekmet import running_sekmet
 from service.config import Settings
+from service.db.migrate import upgrade_database
+from service.demo import demo_patient_files, demo_shift_days
 from service.main import create_app
-from service.sandbox import (
-    demo_patient_files,
-    demo_shift_days,
-    free_port,
-    load_bundles,
-    running_sekmet,
-)
 
 CHROMIUM = Path(os.environ.get("CDS_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CDS_TEST_CHROMEDRIVER", "/usr/bin/chromedriver"))

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.sandbox import demo_shift_days
+from service.demo import demo_shift_days
 from tests.console.conftest import (
     NO_BROWSER,
     REPO_ROOT,

@@ -10,9 +10,10 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from service.cli import main, upgrade_database
+from service.cli.main import main
 from service.config import Settings, get_settings
 from service.db.database import Database
+from service.db.migrate import upgrade_database
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from service.cli import main as cli_main
+from service.cli.main import main as cli_main
 from service.config import Settings
 from service.db import repository
 from service.db.database import Database

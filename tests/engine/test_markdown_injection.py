@@ -22,8 +22,8 @@ import pytest
 from fastapi.testclient import TestClient
 from markdown_it import MarkdownIt
 
-from service.cli import upgrade_database
 from service.config import Settings
+from service.db.migrate import upgrade_database
 from service.knowledge.templates import environment, escape_markdown
 from service.main import create_app
 from tests.conftest import FrozenClock

@@ -24,8 +24,8 @@ import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B import get_fhir_model_class
 
-from service.cli import upgrade_database
 from service.config import Settings
+from service.db.migrate import upgrade_database
 from service.main import create_app
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"

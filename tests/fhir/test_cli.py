@@ -26,9 +26,10 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from service.cli import main
-from service.cli_hooks import CliError, build_context, read_drafts, render_template
-from service.sandbox import demo_patient_files, demo_shift_days, shift_dates
+from service.cli.errors import CliError
+from service.cli.main import main
+from service.cli.request import build_context, read_drafts, render_template
+from service.demo import demo_patient_files, demo_shift_days, shift_dates
 from tests.fixtures.bad_fhir import closed_port_url
 from tests.fixtures.fhir_server import TEST_BEARER, load_bundles
 
@@ -362,8 +363,8 @@ def test_against_the_real_service(
 ) -> None:
     """End to end: CLI -> service.main app (own temp database) -> SEKMET, with and without
     prefetch (without, the service fetches through its own FhirClient)."""
-    from service.cli import upgrade_database
     from service.config import Settings
+    from service.db.migrate import upgrade_database
     from service.main import create_app
 
     settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/cds.db")
@@ -401,7 +402,8 @@ def test_demo_dates_shift_but_birth_date_does_not() -> None:
 
 @pytest.mark.integration
 def test_sandbox_command_starts_serves_and_stops(tmp_path: Path) -> None:
-    """``python -m service.sandbox``: banner, a working CLI example, Ctrl-C stops both servers."""
+    """``python -m service.cli.sandbox``: banner, a working CLI example, Ctrl-C stops both
+    servers."""
     fhir_port, cds_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
     env |= {"CDS_SANDBOX_FHIR_PORT": str(fhir_port), "CDS_PORT": str(cds_port)}
@@ -410,7 +412,7 @@ def test_sandbox_command_starts_serves_and_stops(tmp_path: Path) -> None:
     log = tmp_path / "sandbox.out"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service.sandbox"],
+            [sys.executable, "-m", "service.cli.sandbox"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -19,12 +19,13 @@ import uvicorn
 from fastapi import FastAPI
 
 import service.demo
-from service.cli import build_parser
-from service.cli import main as sleep_cds
-from service.cli_explain import cmd_explain, format_explain
+from service.cli.explain import cmd_explain, format_explain
+from service.cli.load import load_bundles
+from service.cli.main import build_parser
+from service.cli.main import main as sleep_cds
 from service.config import Settings
+from service.demo import demo_patient_files
 from service.knowledge.base import load_knowledge
-from service.sandbox import demo_patient_files, load_bundles
 from tests.conftest import PATIENT_VIEW_KEYS
 from tests.fixtures.bad_fhir import closed_port_url
 

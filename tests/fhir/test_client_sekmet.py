@@ -13,8 +13,9 @@ import httpx
 import orjson
 import pytest
 
+from service.cli.errors import SandboxError
+from service.demo import demo_patient_files, demo_shift_days
 from service.fhir import FhirClient, make_http_client
-from service.sandbox import SandboxError, demo_patient_files, demo_shift_days
 from tests.fixtures.bad_fhir import BadFhirServer
 from tests.fixtures.fhir_server import TEST_BEARER as BEARER
 from tests.fixtures.fhir_server import load_bundles

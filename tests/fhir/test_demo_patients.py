@@ -20,11 +20,11 @@ from fhir.resources.R4B import get_fhir_model_class
 
 import service.demo
 from service.config import Settings
+from service.demo import _SHIFTED_KEYS, DEMO_ANCHOR, demo_patient_files
 from service.engine.cards import CardComposer
 from service.engine.record import RecordReader
 from service.engine.rules import RuleEngine
 from service.knowledge.base import KnowledgeBase, load_knowledge
-from service.sandbox import _SHIFTED_KEYS, DEMO_ANCHOR, demo_patient_files
 
 DEMO_DIR = Path(service.demo.__file__).resolve().parent
 README = DEMO_DIR / "README.md"

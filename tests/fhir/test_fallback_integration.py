@@ -32,13 +32,14 @@ from fastapi.testclient import TestClient
 
 import service.demo
 from service.api.discovery import build_discovery
-from service.cli import upgrade_database
-from service.cli_hooks import build_context, prefetch_value, read_drafts, render_template
+from service.cli.load import load_bundles
+from service.cli.request import build_context, prefetch_value, read_drafts, render_template
 from service.config import Settings
+from service.db.migrate import upgrade_database
+from service.demo import demo_patient_files
 from service.fhir import FhirClient, make_http_client
 from service.knowledge.base import load_knowledge
 from service.main import create_app
-from service.sandbox import demo_patient_files, load_bundles
 from tests.conftest import PATIENT_VIEW_KEYS
 from tests.fixtures.bad_fhir import BadFhirServer, closed_port_url
 from tests.fixtures.fhir_server import TEST_BEARER

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from service.launcher import (
+from service.cli.errors import SandboxError
+from service.cli.launcher import (
     Launcher,
     launcher_source,
     node_missing,
     prepare_launcher,
     running_launcher,
 )
-from service.sandbox import SandboxError
 from tests.console.conftest import (  # noqa: F401  (fixtures re-used by name)
     api,
     browser,

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from service.api.journal import EHR_SCOPES, STANDALONE_SCOPES
 from service.config import REPO_ROOT
-from service.sandbox import demo_patient_files
+from service.demo import demo_patient_files
 
 VENDORED = REPO_ROOT / "service" / "journal" / "fhirclient-2.6.3.min.js"
 VENDORED_SHA256 = "658dec434e308a6ba682158f1e94bfaa0f600bb500e78443369bfe7818133d90"

@@ -22,8 +22,8 @@ import httpx
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
+from service.cli.launcher import Launcher, launch_code, running_launcher
 from service.config import REPO_ROOT
-from service.launcher import Launcher, launch_code, running_launcher
 from tests.console.conftest import NO_BROWSER, ConsoleStack, browser_missing, set_viewport
 
 HAVE_SELENIUM = importlib.util.find_spec("selenium") is not None

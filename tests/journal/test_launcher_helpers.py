@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.launcher import launch_code, launcher_source, start_for_sandbox
+from service.cli.launcher import launch_code, launcher_source, start_for_sandbox
 
 
 def decoded(code: str) -> list[object]:
@@ -40,7 +40,7 @@ def test_sandbox_runs_without_the_launcher_when_it_cannot(
         ]
         monkeypatch.delenv("CDS_SANDBOX_LAUNCHER")
         monkeypatch.setenv("CDS_SMART_LAUNCHER_SRC", str(tmp_path / "missing"))
-        monkeypatch.setattr("service.launcher.launcher_source", lambda: None)
+        monkeypatch.setattr("service.cli.launcher.launcher_source", lambda: None)
         (line,) = start_for_sandbox(stack, "http://x/fhir", "http://y")
         assert line.startswith("  SMART launcher: not started (")
 

@@ -23,7 +23,7 @@ from service.security.issuers import IssuerRegistry
 
 K8S = Path(__file__).resolve().parents[2] / "docs" / "k8s"
 VERSIONS = ["1.30.0", "1.37.0"]  # an older supported release and the newest the package knows
-GRACEFUL_SHUTDOWN_S = 8  # service/cli.py: uvicorn timeout_graceful_shutdown
+GRACEFUL_SHUTDOWN_S = 8  # service/cli/serve.py: uvicorn timeout_graceful_shutdown
 
 
 def documents() -> list[dict[str, Any]]:
@@ -129,7 +129,7 @@ def test_shutdown_fits_in_the_grace_period() -> None:
     pre_stop = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     assert int(pre_stop[1]) + GRACEFUL_SHUTDOWN_S < pod["terminationGracePeriodSeconds"]
-    source = (Path(__file__).resolve().parents[2] / "service" / "cli.py").read_text()
+    source = (Path(__file__).resolve().parents[2] / "service" / "cli" / "serve.py").read_text()
     assert f"timeout_graceful_shutdown={GRACEFUL_SHUTDOWN_S}" in source
 
 

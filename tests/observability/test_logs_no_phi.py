@@ -24,8 +24,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service.cli import upgrade_database
 from service.config import Settings
+from service.db.migrate import upgrade_database
 from service.logging import JsonFormatter, configure
 from tests.factories import PV, feedback_item, patient_view
 from tests.fixtures.bad_fhir import BadFhirServer

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.cli import upgrade_database
 from service.config import Settings
+from service.db.migrate import upgrade_database
 from tests.factories import PV, patient_view
 from tests.fixtures.bad_fhir import BadFhirServer
 from tests.reliability.helpers import ServiceProcess

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from service.cli import upgrade_database
 from service.config import Settings
+from service.db.migrate import upgrade_database
 from tests.factories import PV, feedback_item, patient_view
 from tests.reliability.helpers import PrivatePostgres, ServiceProcess
 

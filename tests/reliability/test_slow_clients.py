@@ -17,8 +17,8 @@ import httpx
 import orjson
 import pytest
 
-from service.cli import upgrade_database
 from service.config import Settings
+from service.db.migrate import upgrade_database
 from tests.factories import PV, patient_view
 from tests.reliability.helpers import ServiceProcess
 

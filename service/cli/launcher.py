@@ -24,8 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.cli.errors import SandboxError
+from service.cli.processes import free_port, port_in_use, wait_http_ok
 from service.config import REPO_ROOT
-from service.sandbox import SandboxError, free_port, port_in_use, wait_http_ok
 
 LAUNCHER_DIR_NAME = "smart-launcher-v2"
 _MARKER = ".sleep-cds-built"

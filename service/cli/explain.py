@@ -1,7 +1,7 @@
 """``sleep-cds explain``: why each rule fired or not, for a request built like ``sleep-cds hook``.
 
 Same arguments and request as ``sleep-cds hook`` (the request building, prefetch filling and
-errors are ``service.cli_hooks``'), but the request goes to ``{service}/cds-services/{id}/explain``,
+errors are ``service.cli.hook``'s), but the request goes to ``{service}/cds-services/{id}/explain``,
 the integrators' endpoint (on in local mode, else ``CDS_EXPLAIN_ENABLED=true``). It prints each
 rule's outcome - fired, not-fired, not-evaluable or not-applicable - with the reason, the evidence
 and the condition trace, plus which FHIR queries the service ran itself; ``--json`` prints the raw
@@ -19,13 +19,9 @@ from typing import Any, TextIO
 import httpx
 import orjson
 
-from service.cli_hooks import (
-    DEFAULT_USER,
-    HookOutcome,
-    add_request_arguments,
-    run_from_args,
-    run_hook,
-)
+from service.cli.call import HookOutcome, run_hook
+from service.cli.hook import add_request_arguments, run_from_args
+from service.cli.request import DEFAULT_USER
 
 STATUSES = ("fired", "not-evaluable", "not-fired", "not-applicable")
 _MARKDOWN_ESCAPE = re.compile(r"\\([\\`*_\[\]<>|])")
