@@ -12,7 +12,7 @@ from collections.abc import Hashable
 from service.engine.conditions import OPERATORS, Node
 from service.knowledge import schema
 from service.knowledge.base import KnowledgeBase
-from service.knowledge.valuesets import CodeKey, synonym_pattern
+from service.knowledge.valuesets import ValueSetMatcher
 
 
 class Program:
@@ -26,17 +26,7 @@ class Program:
         self.kb = kb
         self._by_id: dict[int, tuple[schema.Condition, Node]] = {}
         self._by_key: dict[Hashable, Node] = {}
-        # Value-set membership of a concept, for all value sets at once: by code through one
-        # index, by text only when some synonym of some value set occurs in it (any set's
-        # synonym pattern matching implies this union's pattern matches).
-        urls_by_code: dict[CodeKey, set[str]] = {}
-        for url, valueset in kb.valuesets.items():
-            for code in valueset.codes:
-                urls_by_code.setdefault(code, set()).add(url)
-        self.urls_by_code = {code: frozenset(urls) for code, urls in urls_by_code.items()}
-        self.any_synonym = synonym_pattern(
-            tuple(sorted({s for v in kb.valuesets.values() for s in v.synonyms}))
-        )
+        self.matcher = ValueSetMatcher(kb.valuesets)
 
     def node(self, condition: schema.Condition) -> Node:
         """The condition's compiled node (by identity first: rules hold their trees)."""

@@ -88,11 +88,11 @@ class Evaluator:
         groups = self._groups
         if groups is None:
             groups = self._groups = self._concept_groups()
-        pattern = self.kb.valuesets[url].pattern
+        text_matches = self.program.matcher.text_matches
         hits: list[tuple[int, Finding]] = []
         for urls, text, pairs in groups:
-            # ``ValueSetIndex.matches``: a code in the set, else a synonym in the text.
-            if url in urls or (text and pattern is not None and pattern.search(text)):
+            # ``ValueSetMatcher.matches``: a code in the set, else a synonym in the text.
+            if url in urls or (text and text_matches(url, text)):
                 hits += pairs
         hits.sort(key=_first)
         found = self._in_valueset[url] = [finding for _, finding in hits]
@@ -109,27 +109,16 @@ class Evaluator:
                 by_concept[key] = [(index, finding)]
             else:
                 group.append((index, finding))
-        return [(*self._membership(*key), pairs) for key, pairs in by_concept.items()]
-
-    def _membership(self, codings: tuple[CodeKey, ...], text: str) -> tuple[frozenset[str], str]:
-        """The value sets the codes are in, and the text when a synonym may occur in it."""
-        urls_by_code = self.program.urls_by_code
-        urls: frozenset[str] = _NO_URLS
-        for code in codings:
-            more = urls_by_code.get(code)
-            if more is not None:
-                urls = urls | more
-        any_synonym = self.program.any_synonym
-        if not (text and any_synonym is not None and any_synonym.search(text)):
-            text = ""
-        return urls, text
+        return [
+            (*self.program.matcher.membership(*key), pairs) for key, pairs in by_concept.items()
+        ]
 
     def member(self, url: str, concept: Concept) -> bool:
-        """``ValueSetIndex.matches`` for the concept, memoised per distinct concept per call."""
+        """``ValueSetMatcher.matches`` for the concept, memoised per distinct concept per call."""
         key = (concept.codings, concept.text)
         entry = self._members.get(key)
         if entry is None:
-            entry = self._members[key] = (*self._membership(*key), {})
+            entry = self._members[key] = (*self.program.matcher.membership(*key), {})
         urls, text, by_text = entry
         if url in urls:
             return True
@@ -137,8 +126,7 @@ class Evaluator:
             return False
         hit = by_text.get(url)
         if hit is None:
-            pattern = self.kb.valuesets[url].pattern
-            hit = by_text[url] = pattern is not None and pattern.search(text) is not None
+            hit = by_text[url] = self.program.matcher.text_matches(url, text)
         return hit
 
     def matching_findings(
@@ -245,9 +233,6 @@ class Evaluator:
                 and isinstance(answer, bool) == want_bool
             ]
         return answered
-
-
-_NO_URLS: frozenset[str] = frozenset()
 
 
 def _first(pair: tuple[int, Finding]) -> int:

@@ -21,7 +21,12 @@ from service.errors import KnowledgeError
 from service.knowledge import schema
 from service.knowledge.orders import validate_order_templates
 from service.knowledge.templates import TEMPLATE_GLOBALS, environment
-from service.knowledge.valuesets import ValueSetIndex, index_valuesets, load_profiles
+from service.knowledge.valuesets import (
+    ValueSetIndex,
+    index_valuesets,
+    load_profiles,
+    phrase_pattern,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -239,13 +244,6 @@ def _journal_items(
     return items, options
 
 
-def _phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern[str] | None:
-    if not phrases:
-        return None
-    alternatives = "|".join(re.escape(p.lower()) for p in sorted(phrases, key=len, reverse=True))
-    return re.compile(rf"(?<![a-z0-9])(?:{alternatives})(?![a-z0-9])")
-
-
 def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
     """Load and cross-check everything; raise ``KnowledgeError`` on the first problem."""
     artifacts = load_profiles(profiles_dir)
@@ -315,9 +313,9 @@ def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
         journal_items=parts["journal_items"],
         journal_labels={k: label for k, (_, label) in journal.items()},
         analyte_by_code=analyte_by_code,
-        not_about_patient=_phrase_pattern(policy.not_about_patient_phrases),
-        negation_after=_phrase_pattern(policy.negation_after_phrases),
-        negation_breaks=_phrase_pattern(policy.negation_scope_breaks),
+        not_about_patient=phrase_pattern(policy.not_about_patient_phrases),
+        negation_after=phrase_pattern(policy.negation_after_phrases),
+        negation_breaks=phrase_pattern(policy.negation_scope_breaks),
         journal_options=journal_options,
         unit_display=analyte_file.unit_display,
     )

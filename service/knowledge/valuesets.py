@@ -7,7 +7,7 @@ start-up; matching at request time touches only frozensets and one compiled rege
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,14 +38,6 @@ class ValueSetIndex:
     combination (``synonym-ingredient``)."""
     products: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Brand or combination synonym → the ingredients of the class it stands for."""
-
-    def matches(self, codings: Iterable[CodeKey], text: str) -> bool:
-        """Codes first; text synonyms only when no coding matched (see knowledge-format.md)."""
-        codes = self.codes
-        for key in codings:
-            if key in codes:
-                return True
-        return bool(self.pattern is not None and text and self.pattern.search(text))
 
     def drug_names(self, codings: Iterable[CodeKey], text: str, label: str) -> tuple[str, ...]:
         """What a card calls a medicine of this class: its ingredients in plain words.
@@ -90,12 +82,65 @@ def _unique(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def synonym_pattern(synonyms: tuple[str, ...]) -> re.Pattern[str] | None:
-    """Matches any of the (lower-case) synonyms as whole words."""
-    if not synonyms:
+def phrase_pattern(phrases: Iterable[str]) -> re.Pattern[str] | None:
+    """Matches any of the phrases as whole words in lower-case text (longest first); ``None``
+    when there are none. The one builder for ValueSet synonyms, renal drug names and the policy's
+    negation phrases."""
+    ordered = sorted(phrases, key=len, reverse=True)
+    if not ordered:
         return None
-    alternatives = "|".join(re.escape(s) for s in sorted(synonyms, key=len, reverse=True))
+    alternatives = "|".join(re.escape(p.lower()) for p in ordered)
     return re.compile(rf"(?<![a-z0-9])(?:{alternatives})(?![a-z0-9])")
+
+
+class ValueSetMatcher:
+    """Value-set membership of a concept, for all value sets of a knowledge base at once.
+
+    A concept is in a ValueSet when one of its codings is in the expansion, else when one of the
+    set's text synonyms occurs in its text (knowledge-format.md, "Matching"). Codes go through one
+    index of every set; a text is searched per set only when some synonym of some set occurs in
+    it (any set's pattern matching implies the union's pattern matches), so the engine can
+    memoise ``membership`` per distinct concept and test each set's pattern only on texts that
+    may match.
+    """
+
+    def __init__(self, valuesets: Mapping[str, ValueSetIndex]) -> None:
+        self.valuesets = valuesets
+        by_code: dict[CodeKey, set[str]] = {}
+        for url, valueset in valuesets.items():
+            for code in valueset.codes:
+                by_code.setdefault(code, set()).add(url)
+        self.urls_by_code = {code: frozenset(urls) for code, urls in by_code.items()}
+        self.any_synonym = phrase_pattern(
+            sorted({s for v in valuesets.values() for s in v.synonyms})
+        )
+
+    def membership(self, codings: Iterable[CodeKey], text: str) -> tuple[frozenset[str], str]:
+        """The value sets the codes are in, and the text when a synonym may occur in it (else
+        "")."""
+        urls_by_code = self.urls_by_code
+        urls: frozenset[str] = _NO_URLS
+        for code in codings:
+            more = urls_by_code.get(code)
+            if more is not None:
+                urls = urls | more
+        any_synonym = self.any_synonym
+        if not (text and any_synonym is not None and any_synonym.search(text)):
+            text = ""
+        return urls, text
+
+    def text_matches(self, url: str, text: str) -> bool:
+        """A synonym of the set occurs in ``text`` (a text ``membership`` kept)."""
+        pattern = self.valuesets[url].pattern
+        return bool(text) and pattern is not None and pattern.search(text) is not None
+
+    def matches(self, url: str, codings: Iterable[CodeKey], text: str) -> bool:
+        """The concept (its codings and lower-case text) is in the ValueSet ``url``."""
+        urls, text = self.membership(codings, text)
+        return url in urls or self.text_matches(url, text)
+
+
+_NO_URLS: frozenset[str] = frozenset()
 
 
 def _validate_fhir(path: Path, data: dict[str, Any]) -> None:
@@ -149,8 +194,8 @@ def index_valueset(data: dict[str, Any]) -> ValueSetIndex:
         codes=frozenset(codes),
         displays=displays,
         synonyms=synonyms,
-        pattern=synonym_pattern(synonyms),
-        ingredients=synonym_pattern(named),
+        pattern=phrase_pattern(synonyms),
+        ingredients=phrase_pattern(named),
         products=products,
     )
 

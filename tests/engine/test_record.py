@@ -10,6 +10,7 @@ import pytest
 from service.config import Settings
 from service.engine.record import RecordReader
 from service.knowledge.base import load_knowledge
+from service.knowledge.valuesets import ValueSetMatcher
 
 SETTINGS = Settings()
 KB = load_knowledge(SETTINGS.fhir_profiles_dir, SETTINGS.knowledge_dir)
@@ -186,10 +187,11 @@ def test_medication_reference_to_contained_and_bundled_medication() -> None:
     record = READER.read("p1", AS_OF, [contained, referenced, medication])
     texts = sorted(m.concept.text for m in record.medications)
     assert any("diphenhydramine" in t for t in texts) and any("mirtazapine" in t for t in texts)
-    sedating = KB.valuesets[
-        "https://sleep-cds.example.org/fhir/ValueSet/med-sedating-antihistamine"
-    ]
-    assert any(sedating.matches(m.concept.codings, m.concept.text) for m in record.medications)
+    sedating = "https://sleep-cds.example.org/fhir/ValueSet/med-sedating-antihistamine"
+    matcher = ValueSetMatcher(KB.valuesets)
+    assert any(
+        matcher.matches(sedating, m.concept.codings, m.concept.text) for m in record.medications
+    )
 
 
 def test_garbage_is_skipped_and_counted_not_raised() -> None:
@@ -218,8 +220,11 @@ def test_indication_of_an_active_medicine_is_a_finding() -> None:
     }
     stopped = {**statement, "id": "ms2", "status": "stopped"}
     record = READER.read("p1", AS_OF, [statement, stopped])
-    rls = KB.valuesets["https://sleep-cds.example.org/fhir/ValueSet/restless-legs"]
-    matches = [f for f in record.findings if rls.matches(f.concept.codings, f.concept.text)]
+    rls = "https://sleep-cds.example.org/fhir/ValueSet/restless-legs"
+    matcher = ValueSetMatcher(KB.valuesets)
+    matches = [
+        f for f in record.findings if matcher.matches(rls, f.concept.codings, f.concept.text)
+    ]
     assert [(f.kind, f.ref) for f in matches] == [("condition", "MedicationStatement/ms1")]
 
 

@@ -19,13 +19,14 @@ import yaml
 from service.config import Settings
 from service.engine.record import RecordReader
 from service.knowledge.base import load_knowledge
-from service.knowledge.valuesets import ValueSetIndex
+from service.knowledge.valuesets import ValueSetIndex, ValueSetMatcher
 from tests.knowledge.test_fhir_profiles import UNION_IDS, union_members
 from tests.knowledge.test_fhir_profiles import valueset as valueset_json
 
 SETTINGS = Settings()
 KB = load_knowledge(SETTINGS.fhir_profiles_dir, SETTINGS.knowledge_dir)
 READER = RecordReader(KB)
+MATCHER = ValueSetMatcher(KB.valuesets)
 AS_OF = date(2026, 6, 1)
 BASE = "https://sleep-cds.example.org/fhir/ValueSet/"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -89,7 +90,9 @@ def test_each_ingredient_is_matched_and_named(vs_id: str, entry: dict[str, Any])
         codings, text, label = medication(concept)
         for class_id in classes:
             index = valueset(class_id)
-            assert index.matches(codings, text), f"{entry['ingredient']} ({how}) not in {class_id}"
+            assert MATCHER.matches(index.url, codings, text), (
+                f"{entry['ingredient']} ({how}) not in {class_id}"
+            )
             names = index.drug_names(codings, text, label)
             assert names == (expected_name,), f"{class_id} names {how} as {names}"
 
@@ -125,12 +128,12 @@ def test_rls_treatments_bronchodilators_and_opioids_are_not_rls_aggravators(scd:
     unlisted = {"system": RXNORM, "code": UNLISTED_RXCUI, "display": scd}
     codings, text, _ = medication({"coding": [unlisted]})
     for class_id in ("med-rls-aggravating", "med-rls-high-risk"):
-        assert not valueset(class_id).matches(codings, text), (scd, class_id)
+        assert not MATCHER.matches(BASE + class_id, codings, text), (scd, class_id)
 
 
 def test_tramadol_is_the_opioid_that_is_flagged() -> None:
     codings, text, _ = medication({"text": "Tramadol 50 mg tablet"})
-    assert valueset("med-rls-aggravating").matches(codings, text)
+    assert MATCHER.matches(BASE + "med-rls-aggravating", codings, text)
 
 
 @pytest.mark.parametrize(("vs_id", "entry"), CASES)
@@ -139,7 +142,7 @@ def test_an_ingredient_matches_no_other_class(vs_id: str, entry: dict[str, Any])
     codings, text, _ = medication({"text": entry["ingredient"]})
     for other in REFERENCE:
         if other != vs_id:
-            assert not valueset(other).matches(codings, text), (entry["ingredient"], other)
+            assert not MATCHER.matches(BASE + other, codings, text), (entry["ingredient"], other)
 
 
 def test_a_brand_mark_for_an_unknown_synonym_is_refused() -> None:

@@ -13,7 +13,7 @@ from service.engine.result import Evidence, Result
 from service.knowledge import schema
 from service.knowledge.base import KnowledgeBase
 from service.knowledge.templates import escape_markdown
-from service.knowledge.valuesets import synonym_pattern
+from service.knowledge.valuesets import phrase_pattern
 
 if TYPE_CHECKING:
     from service.engine.evaluator import Evaluator
@@ -200,7 +200,7 @@ class RenalDoseNode(Leaf):
             spec=spec,
             label=f"renal_dose {kb.valuesets[spec.medication].title}",
             patterns=tuple(
-                (drug, _names(drug.match), synonym_pattern(drug.exclude)) for drug in spec.drugs
+                (drug, _names(drug.match), phrase_pattern(drug.exclude)) for drug in spec.drugs
             ),
             scale=kb.analytes[spec.analyte].conversions[spec.unit],
         )
@@ -290,7 +290,7 @@ class RenalDoseNode(Leaf):
 
 
 def _names(names: tuple[str, ...]) -> re.Pattern[str]:
-    pattern = synonym_pattern(names)
+    pattern = phrase_pattern(names)
     assert pattern is not None  # the schema requires at least one name
     return pattern
 
