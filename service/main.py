@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI
@@ -20,12 +19,15 @@ from service import logging as service_logging
 from service.api import problems
 from service.api.analytics import router as analytics_router
 from service.api.console import router as console_router
+from service.api.context import AppContext
 from service.api.discovery import build_discovery
+from service.api.feedback import FeedbackMemory, RateLimit
 from service.api.journal import router as journal_router
 from service.api.metrics import router as metrics_router
 from service.api.middleware import RequestGuard
 from service.api.routes import router
 from service.api.slots import HookSlots
+from service.clock import Clock, utc_now
 from service.config import Settings, get_settings
 from service.db.database import Database
 from service.engine.pipeline import Fetcher, HookPipeline
@@ -35,14 +37,10 @@ from service.security import assert_safe_startup, close_token_verifier, token_ve
 log = logging.getLogger("service")
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def create_app(
     settings: Settings | None = None,
     *,
-    clock: Callable[[], datetime] = _utc_now,
+    clock: Clock = utc_now,
     fetcher: Fetcher | None = None,
     configure_logging: bool = True,
 ) -> FastAPI:
@@ -51,65 +49,54 @@ def create_app(
     if configure_logging:
         service_logging.configure(settings.log_level)
     assert_safe_startup(settings)
-    kb = load_knowledge(settings.fhir_profiles_dir, settings.knowledge_dir)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        http_client: Any = None
-        # Made on the serving loop (a Semaphore binds to the loop that first waits on it).
-        app.state.hook_slots = HookSlots(settings.max_concurrent_hooks)
-        if app.state.pipeline.fetcher is None:
-            from service.fhir.client import FhirClient, make_http_client
-
-            http_client = make_http_client()
-            app.state.pipeline.fetcher = FhirClient(
-                http_client,
-                page_cap=settings.fhir_page_cap,
-                max_response_bytes=settings.fhir_max_response_bytes,
-            )
-        if not settings.local_mode:
-            token_verifier_for(app.state)  # build (and load the registry) now, not on first call
-        mode = "local (authentication off)" if settings.local_mode else "authenticated"
-        log.info(
-            "service ready", extra={"mode": mode, "host": settings.host, "port": settings.port}
-        )
-        try:
-            yield
-        finally:
-            if http_client is not None:
-                await http_client.aclose()
-            await close_token_verifier(app.state)
-            await app.state.db.dispose()
-
+    context = _context(settings, clock, fetcher)
     app = FastAPI(
         title="Sleep Movement CDS",
         version="0.1.0",
         description="CDS Hooks 2.0 service for sleep-related leg movements.",
-        lifespan=lifespan,
+        lifespan=lambda app: _serving(context),
         # The schema maps every route and parameter: published in local mode or when enabled.
         openapi_url="/openapi.json" if settings.openapi_on else None,
         docs_url="/docs" if settings.openapi_on else None,
         redoc_url=None,
     )
-    app.state.settings = settings
-    app.state.kb = kb
-    app.state.clock = clock
-    app.state.db = Database(settings.database_url)
-    app.state.hook_slots = HookSlots(settings.max_concurrent_hooks)
-    app.state.pipeline = HookPipeline(
-        kb,
-        fetcher,
-        deadline_s=settings.fhir_deadline_s,
-        # Cards link to the journal app (a SMART link) only where it is served.
-        app_base_url=settings.public_base_url if settings.journal_on else None,
-    )
-    app.state.discovery = build_discovery(kb)
+    app.state.context = context  # read only by service/api/deps.py
     problems.install(app)
-    app.include_router(router)
-    app.include_router(console_router)
-    app.include_router(journal_router)
-    app.include_router(analytics_router)
-    app.include_router(metrics_router)
+    for module_router in (
+        router,
+        console_router,
+        journal_router,
+        analytics_router,
+        metrics_router,
+    ):
+        app.include_router(module_router)
+    _add_middleware(app, settings)
+    return app
+
+
+def _context(settings: Settings, clock: Clock, fetcher: Fetcher | None) -> AppContext:
+    """The components every request shares, built once."""
+    kb = load_knowledge(settings.fhir_profiles_dir, settings.knowledge_dir)
+    return AppContext(
+        settings=settings,
+        kb=kb,
+        clock=clock,
+        db=Database(settings.database_url),
+        pipeline=HookPipeline(
+            kb,
+            fetcher,
+            deadline_s=settings.fhir_deadline_s,
+            # Cards link to the journal app (a SMART link) only where it is served.
+            app_base_url=settings.public_base_url if settings.journal_on else None,
+        ),
+        discovery=build_discovery(kb),
+        hook_slots=HookSlots(settings.max_concurrent_hooks),
+        feedback=FeedbackMemory(limit=RateLimit(settings.feedback_rate_per_minute)),
+    )
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    """CORS inside, the request guard (size, time, host, security headers) outermost."""
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.effective_cors_origins,
@@ -124,7 +111,35 @@ def create_app(
         hsts=settings.hsts,
         host_allowed=settings.host_allowed,
     )
-    return app
+
+
+@asynccontextmanager
+async def _serving(context: AppContext) -> AsyncIterator[None]:
+    """The lifespan: what needs the serving loop is made here, and everything is closed after."""
+    settings = context.settings
+    http_client: Any = None
+    # Made on the serving loop (a Semaphore binds to the loop that first waits on it).
+    context.hook_slots = HookSlots(settings.max_concurrent_hooks)
+    if context.pipeline.fetcher is None:
+        from service.fhir.client import FhirClient, make_http_client
+
+        http_client = make_http_client()
+        context.pipeline.fetcher = FhirClient(
+            http_client,
+            page_cap=settings.fhir_page_cap,
+            max_response_bytes=settings.fhir_max_response_bytes,
+        )
+    if not settings.local_mode:
+        token_verifier_for(context)  # build (and load the registry) now, not on first call
+    mode = "local (authentication off)" if settings.local_mode else "authenticated"
+    log.info("service ready", extra={"mode": mode, "host": settings.host, "port": settings.port})
+    try:
+        yield
+    finally:
+        if http_client is not None:
+            await http_client.aclose()
+        await close_token_verifier(context)
+        await context.db.dispose()
 
 
 def __getattr__(name: str) -> Any:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from service import analytics
-from service.api.deps import authenticate, settings_of
+from service.api.deps import ContextDep, authenticate
 from service.api.openapi import problem
 from service.errors import (
     AuthenticationFailed,
@@ -41,10 +41,10 @@ def _bearer(header: str | None) -> str | None:
     return value.strip()
 
 
-async def authorize_analytics(request: Request) -> tuple[str, str] | None:
+async def authorize_analytics(request: Request, context: ContextDep) -> tuple[str, str] | None:
     """404 when analytics is off; then whose figures: None (all) for the admin token or local
     mode, else the (issuer, tenant) of the hook JWT presented."""
-    settings = settings_of(request)
+    settings = context.settings
     if not settings.analytics_enabled:
         raise UnknownService("The analytics endpoint is not enabled")
     presented = _bearer(request.headers.get("authorization"))
@@ -60,7 +60,7 @@ async def authorize_analytics(request: Request) -> tuple[str, str] | None:
                 "analytics: wrong admin token" if presented else "analytics: no bearer token"
             )
         return None
-    caller = await authenticate(request)
+    caller = await authenticate(request, context)
     if caller is None:  # authenticate returns None only in local mode, handled above
         return None
     return (caller.iss, caller.tenant or "")
@@ -87,7 +87,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="Card analytics per topic and rule for a period [from, to) (off unless enabled)",
 )
 async def card_analytics(
-    request: Request,
+    context: ContextDep,
     scope: Annotated[tuple[str, str] | None, Depends(authorize_analytics)],
     start: Annotated[
         str | None, Query(alias="from", description="first day, YYYY-MM-DD (UTC)")
@@ -99,13 +99,13 @@ async def card_analytics(
 ) -> Response:
     if output not in FORMATS:
         raise InvalidRequest("format must be json or csv")
-    today = request.app.state.clock().date()
+    today = context.clock().date()
     try:
         begin, stop = analytics.parse_period(start, end, today)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
     try:
-        report = await analytics.card_analytics(request.app.state.db, begin, stop, scope)
+        report = await analytics.card_analytics(context.db, begin, stop, scope)
     except Exception as exc:
         log.error(
             "analytics not read: database unavailable",

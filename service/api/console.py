@@ -19,12 +19,13 @@ import hmac
 from datetime import date
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from service.api.deps import settings_of
+from service.api.context import AppContext
+from service.api.deps import ContextDep
 from service.api.problems import operation_outcome
 from service.api.responses import json_response
 from service.cdshooks.models import is_fhir_id
@@ -58,14 +59,21 @@ _CHART_KEYS = (
 )
 
 
-def _require_console(request: Request, *, data: bool = True) -> Settings:
-    """The console's settings, once the caller may see it. Outside local mode its data routes
-    (patient lists and charts) require ``CDS_ADMIN_TOKEN`` as a bearer token; start-up refuses
-    ``CDS_CONSOLE_ENABLED=true`` there without one (``security.startup``)."""
-    settings = settings_of(request)
-    if not settings.console_on:
+async def console_on(context: ContextDep) -> AppContext:
+    """404 unless the console is on (its static files hold no patient data)."""
+    if not context.settings.console_on:
         raise UnknownService("The preview console is not enabled (CDS_CONSOLE_ENABLED)")
-    if data and not settings.local_mode:
+    return context
+
+
+async def console_data(
+    request: Request, context: Annotated[AppContext, Depends(console_on)]
+) -> AppContext:
+    """The app's context, once the caller may see patient data. Outside local mode the data
+    routes (patient lists and charts) require ``CDS_ADMIN_TOKEN`` as a bearer token; start-up
+    refuses ``CDS_CONSOLE_ENABLED=true`` there without one (``security.startup``)."""
+    settings = context.settings
+    if not settings.local_mode:
         scheme, _, presented = (request.headers.get("authorization") or "").partition(" ")
         expected = settings.admin_token or ""
         if not (
@@ -74,7 +82,11 @@ def _require_console(request: Request, *, data: bool = True) -> Settings:
             and hmac.compare_digest(presented.strip().encode(), expected.encode())
         ):
             raise AuthenticationFailed("console: admin token required")
-    return settings
+    return context
+
+
+ConsolePage = Annotated[AppContext, Depends(console_on)]
+ConsoleData = Annotated[AppContext, Depends(console_data)]
 
 
 @lru_cache(maxsize=len(_STATIC))
@@ -97,14 +109,13 @@ def _json(data: Any, status: int = 200) -> Response:
 
 @router.get("")
 @router.get("/")
-async def console_page(request: Request) -> Response:
-    _require_console(request, data=False)  # static, no patient data
+async def console_page(context: ConsolePage) -> Response:
     return _asset_response("index.html")
 
 
 @router.get("/api/config")
-async def console_config(request: Request) -> Response:
-    settings = _require_console(request)
+async def console_config(context: ConsoleData) -> Response:
+    settings = context.settings
     fixed = settings.console_fhir_server
     return _json(
         {
@@ -118,14 +129,13 @@ async def console_config(request: Request) -> Response:
 
 
 @router.get("/api/patients")
-async def console_patients(request: Request, fhirServer: str | None = None) -> Response:
-    settings = _require_console(request)
-    base = _fhir_base(settings, fhirServer)
-    results = await _fetch(request, settings, base, {"patients": "Patient?_count=100"})
+async def console_patients(context: ConsoleData, fhirServer: str | None = None) -> Response:
+    base = _fhir_base(context.settings, fhirServer)
+    results = await _fetch(context, base, {"patients": "Patient?_count=100"})
     found = results["patients"]
     if not found.ok:
         return _unreachable(base, found.reason)
-    today = request.app.state.clock().date()
+    today = context.clock().date()
     patients = [
         _patient_summary(p, today) for p in found.resources if p.get("resourceType") == "Patient"
     ]
@@ -136,21 +146,21 @@ async def console_patients(request: Request, fhirServer: str | None = None) -> R
 @router.get("/api/chart/{patient_id}")
 async def console_chart(
     patient_id: str,
-    request: Request,
+    context: ConsoleData,
     fhirServer: str | None = None,
 ) -> Response:
-    settings = _require_console(request)
+    settings = context.settings
     if not is_fhir_id(patient_id):
         raise InvalidRequest("patient id must be a FHIR id ([A-Za-z0-9-.]{1,64})")
     base = _fhir_base(settings, fhirServer)
-    kb: KnowledgeBase = request.app.state.kb
+    kb = context.kb
     templates = templates_for(kb, "patient-view")
     queries = {
         key: fill_template(templates[key], {"context.patientId": patient_id})
         for key in _CHART_KEYS
         if key in templates
     }
-    results = await _fetch(request, settings, base, queries)
+    results = await _fetch(context, base, queries)
     patient_result = results.get("patient")
     if patient_result is None or not patient_result.ok:
         return _unreachable(base, patient_result.reason if patient_result else "not-asked")
@@ -171,16 +181,15 @@ async def console_chart(
         for med in med_requests + med_statements
         if isinstance(ref := (med.get("medicationReference") or {}).get("reference"), str)
     ]
-    fetcher = request.app.state.pipeline.fetcher
+    fetcher = context.pipeline.fetcher
+    assert fetcher is not None  # _fetch refused the call otherwise
     medications = (
         await fetcher.read_references(base, refs, None, settings.fhir_deadline_s) if refs else {}
     )
     return _json(
         {
             "fhirServer": base,
-            "patient": _patient_summary(
-                patient_result.resources[0], request.app.state.clock().date()
-            ),
+            "patient": _patient_summary(patient_result.resources[0], context.clock().date()),
             "problems": _problems(ok("conditions")),
             "medications": _medications(med_requests + med_statements, medications),
             "labs": _labs(kb, ok("observations")),
@@ -191,8 +200,7 @@ async def console_chart(
 
 
 @router.get("/{name}")
-async def console_asset(name: str, request: Request) -> Response:
-    _require_console(request, data=False)
+async def console_asset(name: str, context: ConsolePage) -> Response:
     if name not in _STATIC:
         raise UnknownService(f"No console file {name!r}")
     return _asset_response(name)
@@ -218,15 +226,13 @@ def _fhir_base(settings: Settings, given: str | None) -> str:
     return base
 
 
-async def _fetch(
-    request: Request, settings: Settings, base: str, queries: dict[str, str]
-) -> dict[str, Any]:
-    fetcher = request.app.state.pipeline.fetcher
+async def _fetch(context: AppContext, base: str, queries: dict[str, str]) -> dict[str, Any]:
+    fetcher = context.pipeline.fetcher
     if fetcher is None:
         raise UnknownService("The FHIR client is not ready")
     try:
         results: dict[str, Any] = dict(
-            await fetcher.search_many(base, queries, None, settings.fhir_deadline_s)
+            await fetcher.search_many(base, queries, None, context.settings.fhir_deadline_s)
         )
     except ValueError as exc:
         raise InvalidRequest(f"fhirServer: {exc}") from None

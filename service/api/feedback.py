@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import Request
-
 from service import metrics
-from service.api.deps import Caller, settings_of
+from service.api.context import AppContext
+from service.api.deps import Caller
 from service.cdshooks import models
 from service.db import repository
 from service.engine.cards import CardMeta, rule_key
@@ -92,17 +91,11 @@ class RateLimit:
 
 
 @dataclass
-class _State:
-    issued: IssuedCards = field(default_factory=IssuedCards)
+class FeedbackMemory:
+    """What this process remembers between calls: cards just issued, and the rate buckets."""
+
     limit: RateLimit | None = None
-
-
-def _state(request: Request) -> _State:
-    state: _State | None = getattr(request.app.state, "feedback_trust", None)
-    if state is None:
-        state = _State(limit=RateLimit(settings_of(request).feedback_rate_per_minute))
-        request.app.state.feedback_trust = state
-    return state
+    issued: IssuedCards = field(default_factory=IssuedCards)
 
 
 # --- the hook path ---------------------------------------------------------------------------
@@ -132,7 +125,7 @@ def _hold(row: dict[str, Any]) -> Hold:
 
 
 async def hidden_rules(
-    request: Request, scope: Scope, result: HookResult
+    context: AppContext, scope: Scope, result: HookResult
 ) -> dict[str, tuple[str, Verdict]] | None:
     """Fired rules earlier feedback still hides: rule id → (topic, verdict). None when the
     feedback could not be read (the caller shows every card: fail open)."""
@@ -141,8 +134,8 @@ async def hidden_rules(
         return {}
     keys = {o.rule.id: rule_key(o) for o in fired}
     try:
-        async with asyncio.timeout(settings_of(request).db_read_deadline_s):
-            rows = await request.app.state.db.group_commit.holds(
+        async with asyncio.timeout(context.settings.db_read_deadline_s):
+            rows = await context.db.group_commit.holds(
                 (scope.issuer, scope.tenant, scope.patient_id), sorted(set(keys.values()))
             )
     except Exception as exc:
@@ -155,8 +148,8 @@ async def hidden_rules(
     if not rows:
         return {}
     try:
-        now = request.app.state.clock()
-        policy = request.app.state.kb.policy
+        now = context.clock()
+        policy = context.kb.policy
         seen = _seen(result.record)
         hidden: dict[str, tuple[str, Verdict]] = {}
         for outcome in fired:
@@ -174,20 +167,20 @@ async def hidden_rules(
 
 
 async def visible(
-    request: Request, caller: Caller | None, patient_id: str, result: HookResult
+    context: AppContext, caller: Caller | None, patient_id: str, result: HookResult
 ) -> tuple[list[dict[str, Any]], list[CardMeta], dict[str, tuple[str, Verdict]]]:
     """The cards to show: merged cards rebuilt from the rules still due. Remembers them as
     issued to this scope, so feedback on them is recognised at once."""
     scope = scope_of(caller, patient_id)
     cards, metas = result.cards, result.metas
-    hidden = await hidden_rules(request, scope, result) if result.cards else {}
+    hidden = await hidden_rules(context, scope, result) if result.cards else {}
     if hidden:
         kept = [o for o in result.outcomes if o.rule.id not in hidden]
-        cards, metas = request.app.state.pipeline.composer.compose(result.record, kept)
+        cards, metas = context.pipeline.composer.compose(result.record, kept)
         topics = {m.topic for m in metas}
         bind(suppressed=len({m.topic for m in result.metas} - topics), suppressed_rules=len(hidden))
-    issued = _state(request).issued
-    now = request.app.state.clock()
+    issued = context.feedback.issued
+    now = context.clock()
     for meta in metas:
         issued.add(IssuedCard(meta.uuid, scope, now, meta.rule_refs, meta.suggestion_refs))
     return cards, metas, hidden or {}
@@ -202,18 +195,18 @@ def card_detail(meta: CardMeta) -> dict[str, Any]:
 # --- the feedback endpoint -------------------------------------------------------------------
 
 
-async def _issued(request: Request, uuids: list[str]) -> dict[str, IssuedCard]:
+async def _issued(context: AppContext, uuids: list[str]) -> dict[str, IssuedCard]:
     """The issued cards among ``uuids``: this process's recent cards, then the audit trail, read
     once more after a short wait for cards another replica may still be writing."""
-    issued = _state(request).issued
+    issued = context.feedback.issued
     found = {u: card for u in uuids if (card := issued.get(u)) is not None}
     missing = [u for u in uuids if u not in found]
     for attempt in range(2):
         if not missing:
             break
         if attempt:
-            await asyncio.sleep(settings_of(request).feedback_confirm_wait_s)
-        for row in await repository.issued_cards(request.app.state.db, missing):
+            await asyncio.sleep(context.settings.feedback_confirm_wait_s)
+        for row in await repository.issued_cards(context.db, missing):
             if row["detail"] is None:
                 continue  # issued before feedback was checked: not usable for suppression
             scope = Scope(row["issuer"], row["tenant"], row["patient_id"] or "")
@@ -256,26 +249,13 @@ def _parse_time(i: int, value: str) -> datetime:
 
 
 async def receive(
-    request: Request, service_id: str, caller: Caller | None, body: models.FeedbackRequest
+    context: AppContext, service_id: str, caller: Caller | None, body: models.FeedbackRequest
 ) -> dict[str, Any]:
     """Check, store and apply feedback; the acknowledgement body."""
-    settings = settings_of(request)
     entries = body.feedback
-    if len(entries) > settings.feedback_max_items:
-        raise InvalidRequest(
-            f"feedback: at most {settings.feedback_max_items} items per request "
-            f"(got {len(entries)})"
-        )
     own = scope_of(caller, "")
-    issuer = own.issuer
-    limit = _state(request).limit
-    if limit is not None and not limit.take(issuer, len(entries)):
-        metrics.observe_feedback_throttled(service_id, len(entries))
-        raise TooManyRequests(
-            f"feedback: more than {settings.feedback_rate_per_minute} items per minute from "
-            "this issuer; retry later"
-        )
-    received = request.app.state.clock()
+    _admit(context, service_id, own.issuer, len(entries))
+    received = context.clock()
     reported = [_parse_time(i, e.outcomeTimestamp) for i, e in enumerate(entries)]
     for i, entry in enumerate(entries):
         if entry.outcome == "accepted" and not entry.acceptedSuggestions:
@@ -284,7 +264,7 @@ async def receive(
         if problem:
             raise InvalidRequest(f"feedback.{i}.outcomeTimestamp: {problem}")
     try:
-        cards = await _issued(request, list(dict.fromkeys(e.card for e in entries)))
+        cards = await _issued(context, list(dict.fromkeys(e.card for e in entries)))
     except Exception as exc:
         metrics.observe_feedback_failed(service_id, len(entries))
         log.error(
@@ -292,7 +272,46 @@ async def receive(
             extra={"error_type": type(exc).__name__, "outcome": "503"},
         )
         raise StorageUnavailable("Feedback could not be checked; retry later") from None
-    policy = request.app.state.kb.policy
+    items, ignored = _records(context, service_id, own, entries, cards, received, reported)
+    stored, duplicates = await _store(context, service_id, items, received)
+    bind(items=len(entries), stored=stored, duplicates=duplicates, ignored=len(ignored))
+    metrics.observe_feedback(
+        service_id,
+        stored=stored,
+        duplicates=duplicates,
+        outcomes=[i.outcome for i in items],
+        ignored=len(ignored),
+    )
+    return {"stored": stored, "duplicates": duplicates, "ignored": ignored}
+
+
+def _admit(context: AppContext, service_id: str, issuer: str, count: int) -> None:
+    """Refuse a request over the per-request item limit or the issuer's per-minute budget."""
+    settings = context.settings
+    if count > settings.feedback_max_items:
+        raise InvalidRequest(
+            f"feedback: at most {settings.feedback_max_items} items per request (got {count})"
+        )
+    limit = context.feedback.limit
+    if limit is not None and not limit.take(issuer, count):
+        metrics.observe_feedback_throttled(service_id, count)
+        raise TooManyRequests(
+            f"feedback: more than {settings.feedback_rate_per_minute} items per minute from "
+            "this issuer; retry later"
+        )
+
+
+def _records(
+    context: AppContext,
+    service_id: str,
+    own: Scope,
+    entries: list[models.FeedbackEntry],
+    cards: dict[str, IssuedCard],
+    received: datetime,
+    reported: list[datetime],
+) -> tuple[list[repository.FeedbackRecord], list[dict[str, Any]]]:
+    """The items to store (with the holds each applies) and the ones ignored, with why."""
+    policy = context.kb.policy
     items: list[repository.FeedbackRecord] = []
     ignored: list[dict[str, Any]] = []
     for i, entry in enumerate(entries):
@@ -328,25 +347,24 @@ async def receive(
                 holds=tuple(_hold_row(card.scope, h) for h in holds),
             )
         )
-    stored = duplicates = 0
-    if items:
-        try:
-            stored, duplicates = await repository.store_feedback(
-                request.app.state.db, items, received
-            )
-        except Exception as exc:
-            metrics.observe_feedback_failed(service_id, len(items))
-            log.error(
-                "feedback not stored: database unavailable",
-                extra={"error_type": type(exc).__name__, "outcome": "503"},
-            )
-            raise StorageUnavailable("Feedback could not be stored; retry later") from None
-    bind(items=len(entries), stored=stored, duplicates=duplicates, ignored=len(ignored))
-    metrics.observe_feedback(
-        service_id,
-        stored=stored,
-        duplicates=duplicates,
-        outcomes=[i.outcome for i in items],
-        ignored=len(ignored),
-    )
-    return {"stored": stored, "duplicates": duplicates, "ignored": ignored}
+    return items, ignored
+
+
+async def _store(
+    context: AppContext,
+    service_id: str,
+    items: list[repository.FeedbackRecord],
+    received: datetime,
+) -> tuple[int, int]:
+    """(stored, duplicates); ``StorageUnavailable`` (503) when the database fails."""
+    if not items:
+        return 0, 0
+    try:
+        return await repository.store_feedback(context.db, items, received)
+    except Exception as exc:
+        metrics.observe_feedback_failed(service_id, len(items))
+        log.error(
+            "feedback not stored: database unavailable",
+            extra={"error_type": type(exc).__name__, "outcome": "503"},
+        )
+        raise StorageUnavailable("Feedback could not be stored; retry later") from None

@@ -21,17 +21,17 @@ import gzip
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from service.api.deps import settings_of
+from service.api.context import AppContext
+from service.api.deps import ContextDep
 from service.api.jsonbody import parse_json
 from service.cdshooks.models import is_fhir_id
-from service.config import Settings
 from service.engine.prefetch import KEY_CATEGORY, read_prefetch, templates_for
 from service.errors import ForbiddenFhirServer, InvalidRequest, UnknownService
 from service.knowledge.base import KnowledgeBase
@@ -66,19 +66,23 @@ EHR_SCOPES = " ".join(("launch", *_DATA_SCOPES))
 STANDALONE_SCOPES = " ".join(("launch/patient", *_DATA_SCOPES))
 
 
-def _require_journal(request: Request) -> Settings:
-    settings = settings_of(request)
-    if not settings.journal_on:
+async def journal_on(context: ContextDep) -> AppContext:
+    """404 unless the journal app is on."""
+    if not context.settings.journal_on:
         raise UnknownService("The sleep-journal app is not enabled (CDS_JOURNAL_ENABLED)")
-    return settings
+    return context
+
+
+JournalContext = Annotated[AppContext, Depends(journal_on)]
 
 
 # --- which FHIR servers --------------------------------------------------------------------------
 
 
-def _registered_servers(request: Request, settings: Settings) -> list[str]:
+def _registered_servers(context: AppContext) -> list[str]:
     """The bases the app may use outside local mode (cached on the app: the file is read once)."""
-    cached: list[str] | None = getattr(request.app.state, "journal_servers", None)
+    settings = context.settings
+    cached = context.journal_servers
     if cached is None:
         if settings.journal_fhir_servers:
             cached = [s.rstrip("/") for s in settings.journal_fhir_servers]
@@ -87,14 +91,15 @@ def _registered_servers(request: Request, settings: Settings) -> list[str]:
             cached = sorted({server for issuer in registry for server in issuer.fhir_servers})
         else:
             cached = []
-        request.app.state.journal_servers = cached
+        context.journal_servers = cached
     return cached
 
 
-def check_journal_server(request: Request, settings: Settings, iss: str) -> str:
+def check_journal_server(context: AppContext, iss: str) -> str:
     """The normalised base, or ``ForbiddenFhirServer`` saying why the app may not use it."""
+    settings = context.settings
     check_fhir_server(iss, None)  # https (or loopback http), no credentials
-    allowed = _registered_servers(request, settings)
+    allowed = _registered_servers(context)
     if settings.local_mode and not settings.journal_fhir_servers:
         return iss.rstrip("/")
     wanted = normalise_base_url(iss)
@@ -112,17 +117,18 @@ def _origin(url: str) -> str | None:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def content_security_policy(request: Request, settings: Settings) -> str:
+def content_security_policy(context: AppContext) -> str:
     """Same-origin scripts and styles only; fetches to this service and the allowed FHIR servers.
 
     The browser talks to the EHR's FHIR server and token endpoint itself (SMART), so those origins
     are in ``connect-src`` (and may frame the app); in local mode any https origin or a loopback
     port.
     """
+    settings = context.settings
     if settings.local_mode and not settings.journal_fhir_servers:
         others = ["https:", "http://127.0.0.1:*", "http://localhost:*"]
     else:
-        origins = {_origin(s) for s in _registered_servers(request, settings)}
+        origins = {_origin(s) for s in _registered_servers(context)}
         origins |= {_origin(s) for s in settings.journal_connect_origins}
         others = sorted(o for o in origins if o)
     # An EHR may show the app in a frame: only the EHR's own origins may frame it.
@@ -142,10 +148,10 @@ def _asset(name: str) -> bytes:
     return (resources.files("service.journal") / name).read_bytes()
 
 
-def _headers(request: Request, settings: Settings) -> dict[str, str]:
+def _headers(context: AppContext) -> dict[str, str]:
     # The middleware adds no-referrer (the redirect's ?code= never leaves in a Referer),
     # nosniff and no-store; an EHR frame is governed by frame-ancestors here.
-    return {"Content-Security-Policy": content_security_policy(request, settings)}
+    return {"Content-Security-Policy": content_security_policy(context)}
 
 
 @lru_cache(maxsize=len(_STATIC))
@@ -153,19 +159,19 @@ def _gzipped(name: str) -> bytes:
     return gzip.compress(_asset(name), compresslevel=9, mtime=0)
 
 
-def _asset_response(request: Request, settings: Settings, name: str) -> Response:
+def _asset_response(request: Request, context: AppContext, name: str) -> Response:
     """The file, gzipped (once, cached) when the browser accepts it: a phone on a slow network
     loads 29 KiB of app instead of 90 KiB."""
-    headers = {**_headers(request, settings), "Vary": "Accept-Encoding"}
+    headers = {**_headers(context), "Vary": "Accept-Encoding"}
     if "gzip" in request.headers.get("accept-encoding", "").lower():
         headers["Content-Encoding"] = "gzip"
         return Response(_gzipped(name), media_type=_STATIC[name], headers=headers)
     return Response(_asset(name), media_type=_STATIC[name], headers=headers)
 
 
-def _json(request: Request, settings: Settings, data: Any) -> Response:
+def _json(request: Request, context: AppContext, data: Any) -> Response:
     body = orjson.dumps(data)
-    headers = {**_headers(request, settings), "Vary": "Accept-Encoding"}
+    headers = {**_headers(context), "Vary": "Accept-Encoding"}
     if len(body) > 1024 and "gzip" in request.headers.get("accept-encoding", "").lower():
         headers["Content-Encoding"] = "gzip"
         body = gzip.compress(body, compresslevel=6, mtime=0)
@@ -174,15 +180,13 @@ def _json(request: Request, settings: Settings, data: Any) -> Response:
 
 @router.get("")
 @router.get("/")
-async def journal_page(request: Request) -> Response:
-    settings = _require_journal(request)
-    return _asset_response(request, settings, "index.html")
+async def journal_page(request: Request, context: JournalContext) -> Response:
+    return _asset_response(request, context, "index.html")
 
 
 @router.get("/launch")
-async def launch_page(request: Request) -> Response:
-    settings = _require_journal(request)
-    return _asset_response(request, settings, "launch.html")
+async def launch_page(request: Request, context: JournalContext) -> Response:
+    return _asset_response(request, context, "launch.html")
 
 
 @lru_cache(maxsize=4)
@@ -203,40 +207,37 @@ def _lab_names(kb: KnowledgeBase) -> dict[str, str]:
 
 
 @router.get("/api/config")
-async def journal_config(request: Request) -> Response:
-    settings = _require_journal(request)
-    kb: KnowledgeBase = request.app.state.kb
+async def journal_config(request: Request, context: JournalContext) -> Response:
+    settings, kb = context.settings, context.kb
     return _json(
         request,
-        settings,
+        context,
         {
             "clientId": settings.journal_client_id,
             "scopes": {"ehr": EHR_SCOPES, "standalone": STANDALONE_SCOPES},
             "questionnaire": _questionnaire(settings.fhir_profiles_dir),
             "prefetch": templates_for(kb, HOOK),
             "labNames": _lab_names(kb),
-            "fhirServers": None if settings.local_mode else _registered_servers(request, settings),
+            "fhirServers": None if settings.local_mode else _registered_servers(context),
         },
     )
 
 
 @router.get("/api/check")
-async def journal_check(request: Request, iss: str = "") -> Response:
-    settings = _require_journal(request)
+async def journal_check(request: Request, context: JournalContext, iss: str = "") -> Response:
     if not iss.strip():
         raise InvalidRequest("iss (the FHIR server's base URL) is required")
-    base = check_journal_server(request, settings, iss.strip())
-    return _json(request, settings, {"allowed": True, "iss": base})
+    base = check_journal_server(context, iss.strip())
+    return _json(request, context, {"allowed": True, "iss": base})
 
 
 @router.post("/api/advice")
-async def journal_advice(request: Request) -> Response:
+async def journal_advice(request: Request, context: JournalContext) -> Response:
     """The patient-view cards for the data the page sends, as the EHR's CDS call would give them
     (without the EHR's feedback history: the app shows every card the rules give)."""
-    settings = _require_journal(request)
     raw = await request.body()  # before the slot: a stalled body must not hold one
-    async with request.app.state.hook_slots:
-        data = parse_json(raw, max_depth=settings.max_json_depth)
+    async with context.hook_slots:
+        data = parse_json(raw, max_depth=context.settings.max_json_depth)
         if not isinstance(data, dict):
             raise InvalidRequest("body must be a JSON object")
         patient_id = data.get("patientId")
@@ -245,11 +246,11 @@ async def journal_advice(request: Request) -> Response:
         fhir_server = data.get("fhirServer")
         if not isinstance(fhir_server, str):
             raise InvalidRequest("fhirServer (the FHIR base the data came from) is required")
-        check_journal_server(request, settings, fhir_server)
+        check_journal_server(context, fhir_server)
         prefetch = data.get("prefetch")
         if not isinstance(prefetch, dict):
             raise InvalidRequest("prefetch must be an object (CDS Hooks prefetch keys)")
-        pipeline = request.app.state.pipeline
+        pipeline = context.pipeline
         templates = pipeline.templates[HOOK]
         read = read_prefetch(templates, prefetch)
         # What the page could not read (no scope, server fault) counts as unavailable: the rules
@@ -257,7 +258,7 @@ async def journal_advice(request: Request) -> Response:
         gaps = sorted({*read.missing, *read.paged})
         record = pipeline.reader.read(
             patient_id,
-            request.app.state.clock().date(),
+            context.clock().date(),
             [r for r in read.resources if _about(r, patient_id)],
             unavailable={KEY_CATEGORY[key] for key in gaps},
             drafts=[],
@@ -265,7 +266,7 @@ async def journal_advice(request: Request) -> Response:
         )
         outcomes = pipeline.engine.run(HOOK, record)
         cards, _ = pipeline.composer.compose(record, outcomes)
-    return _json(request, settings, {"cards": cards, "unavailable": gaps})
+    return _json(request, context, {"cards": cards, "unavailable": gaps})
 
 
 def _about(resource: Any, patient_id: str) -> bool:
@@ -283,8 +284,7 @@ def _about(resource: Any, patient_id: str) -> bool:
 
 
 @router.get("/{name}")
-async def journal_asset(name: str, request: Request) -> Response:
-    settings = _require_journal(request)
+async def journal_asset(name: str, request: Request, context: JournalContext) -> Response:
     if name not in _STATIC or name in ("index.html", "launch.html"):
         raise UnknownService(f"No journal file {name!r}")
-    return _asset_response(request, settings, name)
+    return _asset_response(request, context, name)

@@ -6,12 +6,18 @@ import logging
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Path, Request
+from fastapi import APIRouter, BackgroundTasks, Path, Request
 from starlette.responses import Response
 
 from service import metrics
 from service.api import feedback as feedback_trust
-from service.api.deps import Caller, authenticate, check_fhir_server, settings_of
+from service.api.context import AppContext
+from service.api.deps import (
+    Caller,
+    CallerDep,
+    ContextDep,
+    check_fhir_server,
+)
 from service.api.jsonbody import parse_json, validate
 from service.api.openapi import (
     ERRORS,
@@ -29,7 +35,7 @@ from service.cdshooks import models
 from service.cdshooks.discovery import SERVICES, ServiceSpec, service_by_id
 from service.db import repository
 from service.engine.cards import CardMeta
-from service.engine.pipeline import HookCall, HookPipeline, HookResult
+from service.engine.pipeline import HookCall, HookResult
 from service.engine.suppression import Scope
 from service.errors import InvalidRequest, PrefetchUnavailable, UnknownService
 from service.logging import bind
@@ -38,7 +44,6 @@ log = logging.getLogger("service.api")
 router = APIRouter()
 
 
-CallerDep = Annotated[Caller | None, Depends(authenticate)]
 # Documented as the three ids; any other answers 404 (an OperationOutcome), not a 400.
 ServiceId = Annotated[
     str,
@@ -62,8 +67,8 @@ def _service(service_id: str) -> ServiceSpec:
     responses={401: ERRORS[401]},
     summary="CDS Hooks discovery",
 )
-async def discovery(request: Request, caller: CallerDep) -> Response:
-    return json_response(request.app.state.discovery)
+async def discovery(caller: CallerDep, context: ContextDep) -> Response:
+    return json_response(context.discovery)
 
 
 def _no_nul(where: str, *values: str | None) -> None:
@@ -115,15 +120,15 @@ def hook_call(spec: ServiceSpec, body: models.HookRequest) -> HookCall:
 
 
 async def _run(
-    request: Request, service_id: str, caller: Caller | None, explain: bool
+    request: Request, context: AppContext, service_id: str, caller: Caller | None, explain: bool
 ) -> tuple[ServiceSpec, HookCall, models.HookRequest, HookResult]:
     spec = _service(service_id)
     bind(service_id=spec.id, hook=spec.hook)  # before parsing: a 400 is counted per service too
-    settings = settings_of(request)
+    settings = context.settings
     # The body is read first (bounded in size and time by RequestGuard), so a stalled client
     # never holds a slot; a slot bounds the parsed records and evaluations at once.
     raw = await request.body()
-    async with request.app.state.hook_slots:
+    async with context.hook_slots:
         data = parse_json(raw, max_depth=settings.max_json_depth)
         del raw
         body = validate(models.HookRequest, data)
@@ -131,10 +136,9 @@ async def _run(
         bind(hook_instance=body.hookInstance)
         call = hook_call(spec, body)
         check_fhir_server(call.fhir_server, caller)
-        pipeline: HookPipeline = request.app.state.pipeline
-        as_of = request.app.state.clock().date()
+        as_of = context.clock().date()
         try:
-            result = await pipeline.run(call, as_of, explain=explain)
+            result = await context.pipeline.run(call, as_of, explain=explain)
         except PrefetchUnavailable as exc:
             metrics.observe_fhir(exc.fetches, exc.fetch_ms)
             raise
@@ -150,17 +154,21 @@ async def _run(
     summary="Call a CDS service",
 )
 async def call_service(
-    service_id: ServiceId, request: Request, caller: CallerDep, background: BackgroundTasks
+    service_id: ServiceId,
+    request: Request,
+    caller: CallerDep,
+    context: ContextDep,
+    background: BackgroundTasks,
 ) -> Response:
     started = time.perf_counter()
-    spec, call, body, result = await _run(request, service_id, caller, explain=False)
+    spec, call, body, result = await _run(request, context, service_id, caller, explain=False)
     hook_instance, patient_id = body.hookInstance, call.patient_id
     # The parsed prefetch is not needed past here: calls waiting on the database below must not
     # each keep theirs alive (64 concurrent 2.7 MB records took a worker to 770 MB).
     del call, body
     composed = result.metas
     result.cards, result.metas, _ = await feedback_trust.visible(
-        request, caller, patient_id, result
+        context, caller, patient_id, result
     )
     cards = result.cards
     latency = (time.perf_counter() - started) * 1000
@@ -181,12 +189,12 @@ async def call_service(
         skipped=result.record.skipped,
     )
     scope = feedback_trust.scope_of(caller, patient_id)
-    background.add_task(_audit, request, spec, hook_instance, scope, latency, result.metas)
+    background.add_task(_audit, context, spec, hook_instance, scope, latency, result.metas)
     return json_response({"cards": cards})
 
 
 async def _audit(
-    request: Request,
+    context: AppContext,
     spec: ServiceSpec,
     hook_instance: str,
     scope: Scope,
@@ -201,7 +209,7 @@ async def _audit(
         service_id=spec.id,
         hook=spec.hook,
         patient_id=scope.patient_id,
-        called_at=request.app.state.clock(),
+        called_at=context.clock(),
         latency_ms=latency_ms,
         cards=tuple(
             repository.CardRecord(
@@ -218,7 +226,7 @@ async def _audit(
         tenant=scope.tenant,
     )
     try:
-        await request.app.state.db.group_commit.audit(record)
+        await context.db.group_commit.audit(record)
     except Exception as exc:
         metrics.observe_audit(written=False)
         log.warning(
@@ -242,11 +250,12 @@ async def _audit(
     openapi_extra=feedback_body_schema(),
     summary="Feedback on cards (accepted / overridden)",
 )
-async def feedback(service_id: ServiceId, request: Request, caller: CallerDep) -> Response:
+async def feedback(
+    service_id: ServiceId, request: Request, caller: CallerDep, context: ContextDep
+) -> Response:
     spec = _service(service_id)
     bind(service_id=spec.id)
-    settings = settings_of(request)
-    data = parse_json(await request.body(), max_depth=settings.max_json_depth)
+    data = parse_json(await request.body(), max_depth=context.settings.max_json_depth)
     body = validate(models.FeedbackRequest, data)
     for i, entry in enumerate(body.feedback):
         override = entry.overrideReason
@@ -262,7 +271,7 @@ async def feedback(service_id: ServiceId, request: Request, caller: CallerDep) -
                 else ()
             ),
         )
-    return json_response(await feedback_trust.receive(request, spec.id, caller, body))
+    return json_response(await feedback_trust.receive(context, spec.id, caller, body))
 
 
 @router.post(
@@ -275,12 +284,14 @@ async def feedback(service_id: ServiceId, request: Request, caller: CallerDep) -
     openapi_extra=hook_body_schema(),
     summary="For integrators: each rule's outcome for this request (off unless enabled)",
 )
-async def explain(service_id: ServiceId, request: Request, caller: CallerDep) -> Response:
-    if not settings_of(request).explain_on:
+async def explain(
+    service_id: ServiceId, request: Request, caller: CallerDep, context: ContextDep
+) -> Response:
+    if not context.settings.explain_on:
         raise UnknownService("The explain endpoint is not enabled")
-    _, call, _, result = await _run(request, service_id, caller, explain=True)
+    _, call, _, result = await _run(request, context, service_id, caller, explain=True)
     scope = feedback_trust.scope_of(caller, call.patient_id)
-    hidden = await feedback_trust.hidden_rules(request, scope, result) or {}
+    hidden = await feedback_trust.hidden_rules(context, scope, result) or {}
     rules = [
         {
             "rule": f"{o.rule.id}@{o.rule.version}",
@@ -325,12 +336,12 @@ async def healthz() -> Response:
     summary="Database reachable, knowledge loaded, and hook calls not queueing",
     responses={200: ok("Ready", READY), 503: ok("Not ready", READY)},
 )
-async def readyz(request: Request) -> Response:
-    db_ok = await request.app.state.db.ping()
+async def readyz(context: ContextDep) -> Response:
+    db_ok = await context.db.ping()
     if not db_ok:
         metrics.DB_ERRORS.labels(operation="readiness").inc()
-    kb_ok = request.app.state.kb is not None
-    slots = request.app.state.hook_slots
+    kb_ok = context.kb is not None
+    slots = context.hook_slots
     status = 200 if db_ok and kb_ok and not slots.saturated else 503
     return json_response(
         {

@@ -8,7 +8,7 @@ reachable from another machine, including through a reverse proxy on the same ho
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -80,16 +80,25 @@ def create_token_verifier(
     )
 
 
-def token_verifier_for(state: Any) -> TokenVerifier:
+class VerifierHolder(Protocol):
+    """Where the app keeps its verifier (the API's ``AppContext``)."""
+
+    settings: Settings
+    db: Database
+    token_verifier: TokenVerifier | None
+    security_http_client: httpx.AsyncClient | None
+
+
+def token_verifier_for(state: VerifierHolder) -> TokenVerifier:
     """The app's verifier, built on first use from ``state.settings`` and ``state.db``.
 
     Synchronous on purpose: with no ``await`` inside, two first requests cannot both build one.
     Callers check ``settings.local_mode`` first; reaching here in local mode is a bug.
     """
-    verifier: TokenVerifier | None = getattr(state, "token_verifier", None)
+    verifier = state.token_verifier
     if verifier is not None:
         return verifier
-    settings: Settings = state.settings
+    settings = state.settings
     registry = assert_safe_startup(settings)
     if registry is None:
         raise ConfigurationError("token verifier requested in local mode")
@@ -101,9 +110,9 @@ def token_verifier_for(state: Any) -> TokenVerifier:
     return verifier
 
 
-async def close_token_verifier(state: Any) -> None:
+async def close_token_verifier(state: VerifierHolder) -> None:
     """Close the JWKS HTTP client made by ``token_verifier_for`` (call from the app lifespan)."""
-    client: httpx.AsyncClient | None = getattr(state, "security_http_client", None)
+    client = state.security_http_client
     if client is not None:
         state.security_http_client = None
         state.token_verifier = None

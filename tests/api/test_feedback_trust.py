@@ -388,7 +388,7 @@ def test_8_the_suppression_lookup_never_reads_the_card_history(
     def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement)
 
-    engine = two_ehrs.app.state.db.engine.sync_engine  # type: ignore[attr-defined]
+    engine = two_ehrs.app.state.context.db.engine.sync_engine  # type: ignore[attr-defined]
     event.listen(engine, "before_cursor_execute", seen)
     try:
         assert "lab-check" not in view(two_ehrs, A, "p1")
@@ -493,7 +493,7 @@ def test_feedback_that_overtakes_the_audit_write_is_still_recognised(
 ) -> None:
     """The audit row is written after the response; feedback may arrive first. The replica that
     issued the card knows it at once (here the audit write never happens at all)."""
-    group_commit = two_ehrs.app.state.db.group_commit  # type: ignore[attr-defined]
+    group_commit = two_ehrs.app.state.context.db.group_commit  # type: ignore[attr-defined]
     real_audit = group_commit.audit
 
     async def never_written(record: Any) -> None:

@@ -61,7 +61,7 @@ def test_calls_beyond_the_limit_wait_and_are_all_answered(
 ) -> None:
     fetcher = SlowFetcher()
     app = app_factory(max_concurrent_hooks=2)
-    app.state.pipeline.fetcher = fetcher
+    app.state.context.pipeline.fetcher = fetcher
     responses = asyncio.run(fire(app, 6))
     assert [r.status_code for r in responses] == [200] * 6
     assert all(r.json()["cards"] for r in responses)
@@ -72,7 +72,7 @@ def test_calls_beyond_the_limit_wait_and_are_all_answered(
 def test_the_default_limit_lets_calls_overlap(app_factory: Callable[..., FastAPI]) -> None:
     fetcher = SlowFetcher()
     app = app_factory()
-    app.state.pipeline.fetcher = fetcher
+    app.state.context.pipeline.fetcher = fetcher
     responses = asyncio.run(fire(app, 6))
     assert [r.status_code for r in responses] == [200] * 6
     assert fetcher.peak == 6
@@ -91,13 +91,13 @@ def test_readyz_says_when_the_worker_cannot_take_hook_calls(
                 await gate.wait()
                 return await super().search_many(*args, **kwargs)
 
-        app.state.pipeline.fetcher = GatedFetcher()
+        app.state.context.pipeline.fetcher = GatedFetcher()
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 body = patient_view(fhir_server=FHIR, omit=("conditions",))
                 calls = [asyncio.create_task(client.post(PV, json=body)) for _ in range(2)]
-                while app.state.hook_slots.waiting < 1:
+                while app.state.context.hook_slots.waiting < 1:
                     await asyncio.sleep(0.01)
                 busy = await client.get("/readyz")
                 gate.set()

@@ -110,7 +110,7 @@ def test_prefetch_templates_use_only_2_0_tokens_and_constrained_searches(
 def test_prefetch_asks_only_for_lab_codes_the_rules_use(
     client: TestClient, app_factory: Callable[..., FastAPI]
 ) -> None:
-    kb = client.app.state.kb  # type: ignore[attr-defined]
+    kb = client.app.state.context.kb  # type: ignore[attr-defined]
     services = {s["id"]: s for s in client.get("/cds-services").json()["services"]}
     template = services["sleep-movement-patient-view"]["prefetch"]["observations"]
     codes = set(template.split("&code=")[1].split(","))
