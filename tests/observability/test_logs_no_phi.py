@@ -161,7 +161,7 @@ def test_full_cycle_logs_one_line_per_request_and_no_phi(
     request_lines = [line for line in capture.lines if line["msg"] == "request"]
     assert len(request_lines) == requests, request_lines
     for line in request_lines:
-        assert isinstance(line["latency_ms"], float | int) and line["latency_ms"] >= 0
+        assert isinstance(line["latency_ms"], float | int) and 0 < line["latency_ms"] < 60_000
         assert {"method", "path", "status", "ts", "level"} <= set(line)
     hook_lines = [line for line in request_lines if line["status"] == 200]
     assert len(hook_lines) == 5

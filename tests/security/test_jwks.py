@@ -21,6 +21,7 @@ from service.security import (
     JwksUnavailable,
     KeySet,
     MemoryReplayStore,
+    PublicJwk,
     TokenVerifier,
 )
 
@@ -77,6 +78,15 @@ class Server:
         if isinstance(self.body, bytes):
             return httpx.Response(self.status, content=self.body)
         return httpx.Response(self.status, json=self.body)
+
+
+def is_key_of(found: PublicJwk | None, private_key: Any, kid: str = "k1") -> bool:
+    """``found`` is the public half of ``private_key``, under ``kid``."""
+    return (
+        found is not None
+        and found.kid == kid
+        and found.key.public_numbers() == private_key.public_key().public_numbers()
+    )
 
 
 def client_for(server: Server) -> httpx.AsyncClient:
@@ -147,7 +157,7 @@ async def test_concurrent_cold_misses_share_one_fetch(ec_key: Any) -> None:
     async with client_for(server) as client:
         cache = JwksCache(client)
         keys = await asyncio.gather(*(cache.get_key(URL, "k1") for _ in range(50)))
-    assert all(key is not None and key.kid == "k1" for key in keys)
+    assert all(is_key_of(key, ec_key) for key in keys)
     assert server.count == 1
 
 
@@ -176,10 +186,10 @@ async def test_keys_are_reused_within_ttl_and_refetched_after(ec_key: Any) -> No
     async with client_for(server) as client:
         cache = JwksCache(client, ttl_s=300, clock=clock)
         for _ in range(100):
-            assert await cache.get_key(URL, "k1") is not None
+            assert is_key_of(await cache.get_key(URL, "k1"), ec_key)
         assert server.count == 1
         clock.now += 301
-        assert await cache.get_key(URL, "k1") is not None
+        assert is_key_of(await cache.get_key(URL, "k1"), ec_key)
         assert server.count == 2
 
 
@@ -188,7 +198,7 @@ async def test_unknown_kid_refresh_is_rate_limited(ec_key: Any, rotated_key: Any
     clock = FakeClock()
     async with client_for(server) as client:
         cache = JwksCache(client, cooldown_s=30, clock=clock)
-        assert await cache.get_key(URL, "k1") is not None
+        assert is_key_of(await cache.get_key(URL, "k1"), ec_key)
         assert server.count == 1
 
         # 100 random kids inside the cooldown: no fetch at all (the first fetch was just now).
@@ -207,7 +217,7 @@ async def test_unknown_kid_refresh_is_rate_limited(ec_key: Any, rotated_key: Any
         assert await cache.get_key(URL, "k2") is None
         clock.now += 31
         rotated = await cache.get_key(URL, "k2")
-        assert rotated is not None and rotated.kid == "k2"
+        assert is_key_of(rotated, rotated_key, "k2")
         assert server.count == 3
 
 
@@ -216,7 +226,7 @@ async def test_concurrent_unknown_kids_share_one_refresh(ec_key: Any) -> None:
     clock = FakeClock()
     async with client_for(server) as client:
         cache = JwksCache(client, cooldown_s=30, clock=clock)
-        await cache.get_key(URL, "k1")
+        assert is_key_of(await cache.get_key(URL, "k1"), ec_key)
         clock.now += 31
         results = await asyncio.gather(*(cache.get_key(URL, f"x{i}") for i in range(50)))
     assert results == [None] * 50
@@ -259,10 +269,10 @@ async def test_stale_keys_survive_a_failed_refresh_for_a_while(ec_key: Any) -> N
     clock = FakeClock()
     async with client_for(server) as client:
         cache = JwksCache(client, ttl_s=300, cooldown_s=30, max_stale_s=600, clock=clock)
-        await cache.get_key(URL, "k1")
+        assert is_key_of(await cache.get_key(URL, "k1"), ec_key)
         server.status = 503
         clock.now += 400  # expired, refresh fails, old keys still serve
-        assert await cache.get_key(URL, "k1") is not None
+        assert is_key_of(await cache.get_key(URL, "k1"), ec_key)
         clock.now += 600  # beyond ttl + max_stale
         with pytest.raises(JwksUnavailable):
             await cache.get_key(URL, "k1")

@@ -166,8 +166,9 @@ async def test_valid_token_is_accepted(
 async def test_audience_may_be_a_list_and_nbf_in_the_past_is_fine(
     verifier: TokenVerifier, es_key: Any
 ) -> None:
-    token = mint(es_key, aud=["https://other.example", AUD], nbf=int(time.time()) - 300)
-    await verifier.verify(f"bearer  {token}", PATH)
+    token = mint(es_key, aud=["https://other.example", AUD], nbf=int(time.time()) - 300, jti="j-1")
+    caller = await verifier.verify(f"bearer  {token}", PATH)
+    assert (caller.iss, caller.jti) == (ISS, "j-1")
 
 
 async def test_issuer_audience_overrides_the_endpoint_url(
@@ -176,7 +177,8 @@ async def test_issuer_audience_overrides_the_endpoint_url(
     registry = IssuerRegistry.from_data([{"iss": ISS, "jwks": jwks, "audience": "urn:cds:ours"}])
     async with httpx.AsyncClient() as client:
         verifier = TokenVerifier(registry, JwksCache(client), MemoryReplayStore(), BASE)
-        await verifier.verify(f"Bearer {mint(es_key, aud='urn:cds:ours')}", PATH)
+        caller = await verifier.verify(f"Bearer {mint(es_key, aud='urn:cds:ours')}", PATH)
+        assert caller.issuer.audience == "urn:cds:ours"
         assert await refused(verifier, mint(es_key)) == "bad-audience"
 
 
@@ -185,7 +187,7 @@ async def test_allowed_jku_is_fetched_once(
 ) -> None:
     for _ in range(3):
         token = mint(es_key, iss=JKU_ISS, headers={"jku": ALLOWED_JKU})
-        await verifier.verify(f"Bearer {token}", PATH)
+        assert (await verifier.verify(f"Bearer {token}", PATH)).iss == JKU_ISS
     assert [str(r.url) for r in transport.requests] == [ALLOWED_JKU]
 
 
@@ -236,7 +238,8 @@ async def test_expired(verifier: TokenVerifier, es_key: Any) -> None:
 
 async def test_expiry_within_leeway_is_accepted(verifier: TokenVerifier, es_key: Any) -> None:
     now = int(time.time())
-    await verifier.verify(f"Bearer {mint(es_key, iat=now - 400, exp=now - 30)}", PATH)
+    caller = await verifier.verify(f"Bearer {mint(es_key, iat=now - 400, exp=now - 30)}", PATH)
+    assert caller.iss == ISS
 
 
 async def test_future_iat_beyond_leeway(verifier: TokenVerifier, es_key: Any) -> None:
@@ -279,17 +282,19 @@ def _es384_raw_signature(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
 
 
 async def test_replayed_jti(verifier: TokenVerifier, es_key: Any) -> None:
-    token = mint(es_key)
-    await verifier.verify(f"Bearer {token}", PATH)
+    token = mint(es_key, jti="once")
+    assert (await verifier.verify(f"Bearer {token}", PATH)).jti == "once"
     assert await refused(verifier, token) == "replayed-jti"
 
 
 async def test_same_jti_from_another_issuer_is_not_a_replay(
     verifier: TokenVerifier, es_key: Any
 ) -> None:
-    await verifier.verify(f"Bearer {mint(es_key, jti='shared')}", PATH)
+    first = await verifier.verify(f"Bearer {mint(es_key, jti='shared')}", PATH)
     token = mint(es_key, jti="shared", iss=TENANT_ISS, tenant="tenant-a")
-    await verifier.verify(f"Bearer {token}", PATH)
+    second = await verifier.verify(f"Bearer {token}", PATH)
+    assert (first.iss, first.jti) == (ISS, "shared")
+    assert (second.iss, second.jti, second.tenant) == (TENANT_ISS, "shared", "tenant-a")
 
 
 async def test_alg_none(verifier: TokenVerifier) -> None:
@@ -340,7 +345,10 @@ async def test_jku_not_allowed_is_never_fetched(
 async def test_tenant_not_listed_for_issuer(verifier: TokenVerifier, es_key: Any) -> None:
     assert await refused(verifier, mint(es_key, iss=TENANT_ISS, tenant="tenant-b")) == "bad-tenant"
     assert await refused(verifier, mint(es_key, iss=TENANT_ISS)) == "bad-tenant"
-    await verifier.verify(f"Bearer {mint(es_key, iss=TENANT_ISS, tenant='tenant-a')}", PATH)
+    caller = await verifier.verify(
+        f"Bearer {mint(es_key, iss=TENANT_ISS, tenant='tenant-a')}", PATH
+    )
+    assert (caller.iss, caller.tenant) == (TENANT_ISS, "tenant-a")
 
 
 async def test_tenant_hint_mismatch(verifier: TokenVerifier, es_key: Any) -> None:
@@ -417,10 +425,10 @@ async def test_replay_refused_across_two_verifiers_sharing_sqlite(
             first = TokenVerifier(registry, JwksCache(client), SqlReplayStore(first_db), BASE)
             second = TokenVerifier(registry, JwksCache(client), SqlReplayStore(second_db), BASE)
             token = mint(es_key)
-            await first.verify(f"Bearer {token}", PATH)
+            assert (await first.verify(f"Bearer {token}", PATH)).iss == ISS
             assert await refused(second, token) == "replayed-jti"
             assert await refused(first, token) == "replayed-jti"
-            await second.verify(f"Bearer {mint(es_key)}", PATH)
+            assert (await second.verify(f"Bearer {mint(es_key)}", PATH)).iss == ISS
     finally:
         await first_db.dispose()
         await second_db.dispose()
