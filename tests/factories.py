@@ -1,4 +1,5 @@
-"""Test data builders: FHIR resources, prefetch bundles, CDS Hooks request and feedback bodies.
+"""Test data builders: FHIR resources, prefetch bundles, CDS Hooks request and feedback bodies,
+trusted issuers and their signed tokens.
 
 One copy of each, so a change in a resource's shape is made once. Plain functions that return a
 fresh dict the caller may change; the defaults make the common record (an adult with restless
@@ -8,8 +9,15 @@ varies.
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
+from pathlib import Path
 from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
 from tests.conftest import PATIENT_VIEW_KEYS
 
@@ -157,3 +165,53 @@ def feedback_item(
     elif reason is not None:
         item["overrideReason"] = {"reason": {"system": LOCAL, "code": reason}}
     return item
+
+
+# --- callers: issuers, keys and signed tokens ---------------------------------------------------
+
+
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh P-384 key (ES384, the algorithm the registry examples use)."""
+    return ec.generate_private_key(ec.SECP384R1())
+
+
+def public_jwk(private_key: ec.EllipticCurvePrivateKey, kid: str = "k1") -> dict[str, Any]:
+    jwk: dict[str, Any] = json.loads(ECAlgorithm.to_jwk(private_key.public_key()))
+    return {**jwk, "kid": kid}
+
+
+def issuer(
+    iss: str, private_key: ec.EllipticCurvePrivateKey, kid: str = "k1", **fields: Any
+) -> dict[str, Any]:
+    """A trusted-issuer registry entry with the key's public half inline."""
+    return {"iss": iss, "jwks": {"keys": [public_jwk(private_key, kid)]}, **fields}
+
+
+def issuers_file(tmp_path: Path, *entries: dict[str, Any]) -> Path:
+    """``CDS_TRUSTED_ISSUERS_FILE`` holding ``entries``."""
+    path = tmp_path / "issuers.json"
+    path.write_text(json.dumps(list(entries)))
+    return path
+
+
+def signed_token(
+    private_key: ec.EllipticCurvePrivateKey, iss: str, aud: str, kid: str = "k1", **claims: Any
+) -> str:
+    """An ES384 JWT valid for five minutes from now, with a fresh jti (``claims`` override)."""
+    now = int(time.time())
+    payload = {"iss": iss, "aud": aud, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}
+    return jwt.encode({**payload, **claims}, private_key, algorithm="ES384", headers={"kid": kid})
+
+
+# --- reading answers ------------------------------------------------------------------------------
+
+
+def outcome_diagnostics(response: Any, status: int) -> str:
+    """The diagnostics of the FHIR OperationOutcome a refusal answers with."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert body["issue"][0]["severity"] == "error"
+    diagnostics: str = body["issue"][0]["diagnostics"]
+    return diagnostics

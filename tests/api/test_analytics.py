@@ -11,19 +11,15 @@ import csv
 import io
 import json
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from jwt.algorithms import ECAlgorithm
 
 from service import analytics
 from service.cli.main import main as cli_main
@@ -35,9 +31,13 @@ from tests.factories import (
     WEAKNESS,
     cards_by_topic,
     condition,
+    ec_key,
     feedback_item,
+    issuer,
+    issuers_file,
     observation,
     patient_view,
+    signed_token,
 )
 
 PV = "/cds-services/sleep-movement-patient-view"
@@ -408,16 +408,10 @@ ISS = "https://ehr.example.com"
 def test_without_admin_token_it_needs_the_hooks_jwt(
     app_factory: Callable[..., FastAPI], tmp_path: Path
 ) -> None:
-    key = ec.generate_private_key(ec.SECP384R1())
-    jwk = {**json.loads(ECAlgorithm.to_jwk(key.public_key())), "kid": "k1"}
-    registry = tmp_path / "issuers.json"
-    registry.write_text(json.dumps([{"iss": ISS, "jwks": {"keys": [jwk]}}]))
+    key = ec_key()
+    registry = issuers_file(tmp_path, issuer(ISS, key))
     app = app_factory(trusted_issuers_file=registry, public_base_url=BASE, analytics_enabled=True)
-    now = int(time.time())
-    claims = {"iss": ISS, "aud": BASE + URL, "iat": now, "exp": now + 300}
-    token = jwt.encode(
-        {**claims, "jti": str(uuid.uuid4())}, key, algorithm="ES384", headers={"kid": "k1"}
-    )
+    token = signed_token(key, ISS, BASE + URL)
     with TestClient(app) as client:
         assert client.get(URL).status_code == 401
         response = client.get(URL, headers={"Authorization": f"Bearer {token}"})

@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jwt.algorithms import ECAlgorithm
 from sqlalchemy import create_engine, event, text
 
 from service import metrics
@@ -35,9 +31,13 @@ from tests.factories import (
     WEAKNESS,
     cards_by_topic,
     condition,
+    ec_key,
     feedback_item,
     ferritin,
+    issuer,
+    issuers_file,
     patient_view,
+    signed_token,
 )
 
 BASE = "http://testserver"
@@ -47,28 +47,15 @@ OS = "/cds-services/sleep-movement-order-select"
 OSIGN = "/cds-services/sleep-movement-order-sign"
 A, B = "https://ehr-a.example.org", "https://ehr-b.example.org"
 C = "https://ehr-c.example.org"  # sends no feedback in the property test: its view is fixed
-KEYS = {iss: ec.generate_private_key(ec.SECP384R1()) for iss in (A, B, C)}
+KEYS = {iss: ec_key() for iss in (A, B, C)}
 
 
 def token(iss: str, path: str, **claims: Any) -> dict[str, str]:
-    now = int(time.time())
-    payload = {"iss": iss, "aud": BASE + path, "iat": now, "exp": now + 300}
-    payload |= {"jti": str(uuid.uuid4()), **claims}
-    signed = jwt.encode(payload, KEYS[iss], algorithm="ES384", headers={"kid": "k1"})
-    return {"Authorization": f"Bearer {signed}"}
+    return {"Authorization": f"Bearer {signed_token(KEYS[iss], iss, BASE + path, **claims)}"}
 
 
 def registry(tmp_path: Path) -> Path:
-    path = tmp_path / "issuers.json"
-    entries = [
-        {
-            "iss": iss,
-            "jwks": {"keys": [{**json.loads(ECAlgorithm.to_jwk(k.public_key())), "kid": "k1"}]},
-        }
-        for iss, k in KEYS.items()
-    ]
-    path.write_text(json.dumps(entries))
-    return path
+    return issuers_file(tmp_path, *(issuer(iss, key) for iss, key in KEYS.items()))
 
 
 @pytest.fixture

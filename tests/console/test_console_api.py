@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,8 @@ from fastapi.testclient import TestClient
 
 from service.api.console import CONSOLE_CSP
 from service.fhir import FetchResult
+from tests.factories import issuers_file
+from tests.factories import outcome_diagnostics as outcome
 
 SEKMET = "http://127.0.0.1:8092/fhir"
 
@@ -54,29 +55,13 @@ class CannedFhir:
         return {ref: known[ref] for ref in refs if ref in known}
 
 
-def outcome(response: Any, status: int) -> str:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/fhir+json"
-    body = response.json()
-    assert body["resourceType"] == "OperationOutcome"
-    diagnostics: str = body["issue"][0]["diagnostics"]
-    return diagnostics
-
-
 def registry(tmp_path: Path) -> Path:
-    path = tmp_path / "issuers.json"
-    path.write_text(
-        json.dumps(
-            [
-                {
-                    "iss": "https://ehr.example.com",
-                    "jwks_url": "https://ehr.example.com/jwks",
-                    "fhir_servers": ["https://fhir.example"],
-                }
-            ]
-        )
-    )
-    return path
+    entry = {
+        "iss": "https://ehr.example.com",
+        "jwks_url": "https://ehr.example.com/jwks",
+        "fhir_servers": ["https://fhir.example"],
+    }
+    return issuers_file(tmp_path, entry)
 
 
 def test_page_and_files_in_local_mode(client: TestClient) -> None:

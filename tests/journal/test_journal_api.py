@@ -17,34 +17,21 @@ from fastapi.testclient import TestClient
 from service.api.journal import EHR_SCOPES, STANDALONE_SCOPES
 from service.config import REPO_ROOT
 from service.demo import demo_patient_files
+from tests.factories import issuers_file
+from tests.factories import outcome_diagnostics as outcome
 
 VENDORED = REPO_ROOT / "service" / "journal" / "fhirclient-2.6.3.min.js"
 VENDORED_SHA256 = "658dec434e308a6ba682158f1e94bfaa0f600bb500e78443369bfe7818133d90"
 LOOPBACK_FHIR = "http://127.0.0.1:8092/fhir"
 
 
-def outcome(response: Any, status: int) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["resourceType"] == "OperationOutcome"
-    diagnostics: str = body["issue"][0]["diagnostics"]
-    return diagnostics
-
-
 def registry(tmp_path: Path) -> Path:
-    path = tmp_path / "issuers.json"
-    path.write_text(
-        json.dumps(
-            [
-                {
-                    "iss": "https://ehr.example.com",
-                    "jwks_url": "https://ehr.example.com/jwks",
-                    "fhir_servers": ["https://fhir.example/r4"],
-                }
-            ]
-        )
-    )
-    return path
+    entry = {
+        "iss": "https://ehr.example.com",
+        "jwks_url": "https://ehr.example.com/jwks",
+        "fhir_servers": ["https://fhir.example/r4"],
+    }
+    return issuers_file(tmp_path, entry)
 
 
 def test_pages_are_same_origin_only(client: TestClient) -> None:

@@ -8,26 +8,29 @@ never answers.
 
 from __future__ import annotations
 
-import json
 import socket
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
-from jwt.algorithms import ECAlgorithm
 from sqlalchemy import create_engine, text
 
 from service import metrics
 from service.config import Settings
 from service.main import create_app
 from tests.conftest import FrozenClock, make_settings
-from tests.factories import PV, feedback_item, patient_view
+from tests.factories import (
+    PV,
+    ec_key,
+    feedback_item,
+    issuer,
+    issuers_file,
+    patient_view,
+    signed_token,
+)
 from tests.reliability.helpers import PrivatePostgres
 
 pytestmark = pytest.mark.integration
@@ -144,10 +147,8 @@ def _down_then_back(cluster: PrivatePostgres) -> None:
 def test_database_down_authenticated_hook_calls_still_answer(
     cluster: PrivatePostgres, tmp_path: Path
 ) -> None:
-    key = ec.generate_private_key(ec.SECP384R1())
-    jwk = {**json.loads(ECAlgorithm.to_jwk(key.public_key())), "kid": "k1"}
-    registry = tmp_path / "issuers.json"
-    registry.write_text(json.dumps([{"iss": ISS, "jwks": {"keys": [jwk]}, "fhir_servers": []}]))
+    key = ec_key()
+    registry = issuers_file(tmp_path, issuer(ISS, key, fhir_servers=[]))
     settings = make_settings(
         cluster.create_database("faults_auth"),
         trusted_issuers_file=registry,
@@ -155,10 +156,7 @@ def test_database_down_authenticated_hook_calls_still_answer(
     )
 
     def headers() -> dict[str, str]:
-        now = int(time.time())
-        claims = {"iss": ISS, "aud": "http://testserver" + PV, "iat": now, "exp": now + 300}
-        claims["jti"] = str(uuid.uuid4())
-        signed = jwt.encode(claims, key, algorithm="ES384", headers={"kid": "k1"})
+        signed = signed_token(key, ISS, "http://testserver" + PV)
         return {"Authorization": f"Bearer {signed}"}
 
     with TestClient(create_app(settings, configure_logging=False)) as client:

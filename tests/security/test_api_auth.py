@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from jwt.algorithms import ECAlgorithm
+
+from tests.factories import ec_key, issuer, issuers_file, signed_token
 
 BASE = "http://testserver"  # TestClient's base URL, used as CDS_PUBLIC_BASE_URL
 ISS = "https://ehr.example.com"
@@ -23,7 +21,7 @@ ISS = "https://ehr.example.com"
 
 @pytest.fixture(scope="module")
 def key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP384R1())
+    return ec_key()
 
 
 class NoNetwork:
@@ -50,24 +48,14 @@ def fetcher() -> NoNetwork:
 def auth_client(
     app_factory: Callable[..., FastAPI], tmp_path: Path, key: Any, fetcher: NoNetwork
 ) -> Iterator[TestClient]:
-    jwk = {**json.loads(ECAlgorithm.to_jwk(key.public_key())), "kid": "k1"}
-    registry = tmp_path / "issuers.json"
-    registry.write_text(
-        json.dumps(
-            [{"iss": ISS, "jwks": {"keys": [jwk]}, "fhir_servers": ["https://fhir.example"]}]
-        )
-    )
+    registry = issuers_file(tmp_path, issuer(ISS, key, fhir_servers=["https://fhir.example"]))
     app = app_factory(trusted_issuers_file=registry, public_base_url=BASE, fetcher=fetcher)
     with TestClient(app) as client:
         yield client
 
 
 def token(key: Any, path: str, **claims: Any) -> str:
-    now = int(time.time())
-    payload = {"iss": ISS, "aud": BASE + path, "iat": now, "exp": now + 300}
-    payload["jti"] = str(uuid.uuid4())
-    payload.update(claims)
-    return jwt.encode(payload, key, algorithm="ES384", headers={"kid": "k1"})
+    return signed_token(key, claims.pop("iss", ISS), BASE + path, **claims)
 
 
 def bearer(value: str) -> dict[str, str]:

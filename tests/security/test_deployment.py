@@ -11,18 +11,15 @@ Attack in, answer out:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from jwt.algorithms import ECAlgorithm
 
 from service.security.issuers import ConfigurationError
-from tests.factories import PV, patient_view
+from tests.factories import PV, ec_key, issuer, issuers_file, patient_view
 
 ADMIN = "console-admin-t0ken-1234567890"
 LOOPBACK = "http://127.0.0.1:8080"
@@ -30,11 +27,7 @@ LOOPBACK = "http://127.0.0.1:8080"
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Path:
-    path = tmp_path / "issuers.json"
-    key = ec.generate_private_key(ec.SECP384R1()).public_key()
-    jwks = {"keys": [{**json.loads(ECAlgorithm.to_jwk(key)), "kid": "k"}]}
-    path.write_text(json.dumps([{"iss": "https://ehr.example.com", "jwks": jwks}]))
-    return path
+    return issuers_file(tmp_path, issuer("https://ehr.example.com", ec_key(), kid="k"))
 
 
 # --- the console outside local mode ---------------------------------------------------------

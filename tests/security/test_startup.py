@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
 
 from service.config import Settings
 from service.db.database import Database
@@ -21,15 +18,12 @@ from service.security import (
     assert_safe_startup,
     create_token_verifier,
 )
+from tests.factories import ec_key, issuer, issuers_file
 
 
 @pytest.fixture
 def registry_file(tmp_path: Path) -> Path:
-    public = ec.generate_private_key(ec.SECP384R1()).public_key()
-    jwks = {"keys": [{**json.loads(ECAlgorithm.to_jwk(public)), "kid": "k1"}]}
-    path = tmp_path / "issuers.json"
-    path.write_text(json.dumps([{"iss": "https://ehr.example.com", "jwks": jwks}]))
-    return path
+    return issuers_file(tmp_path, issuer("https://ehr.example.com", ec_key()))
 
 
 def test_local_mode_warns(caplog: pytest.LogCaptureFixture) -> None:
