@@ -82,6 +82,20 @@ def ferritin(
     )
 
 
+def medication_request(
+    mid: str = "m", *, patient_id: str = "p1", status: str = "active", **fields: Any
+) -> dict[str, Any]:
+    """A MedicationRequest order; ``fields`` add the medication[x], dosageInstruction, ...."""
+    return {
+        "resourceType": "MedicationRequest",
+        "id": mid,
+        "status": status,
+        "intent": "order",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        **fields,
+    }
+
+
 def searchset(*resources: Any) -> dict[str, Any]:
     return {
         "resourceType": "Bundle",

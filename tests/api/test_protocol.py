@@ -16,6 +16,8 @@ from sqlalchemy import create_engine, text
 
 from service.config import Settings
 from tests.conftest import FrozenClock
+from tests.factories import RLS as RLS_CODE
+from tests.factories import condition, medication_request, searchset
 
 PV = "/cds-services/sleep-movement-patient-view"
 OSEL = "/cds-services/sleep-movement-order-select"
@@ -31,25 +33,8 @@ TOKENS_2_0 = {
 }
 
 
-def bundle(*resources: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [{"resource": r} for r in resources],
-    }
-
-
-RLS = {
-    "resourceType": "Condition",
-    "id": "rls1",
-    "clinicalStatus": {
-        "coding": [
-            {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
-        ]
-    },
-    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "32914008"}]},
-    "subject": {"reference": "Patient/p1"},
-}
+bundle = searchset
+RLS = condition("p1", RLS_CODE, cid="rls1")
 
 
 def empty_prefetch(
@@ -257,13 +242,10 @@ def test_spec_example_patient_view_request_is_understood(client: TestClient) -> 
 def test_order_select_judges_only_selected_drafts(client: TestClient) -> None:
     prefetch = empty_prefetch(client, "sleep-movement-order-select")
     prefetch["conditions"] = bundle(RLS)
-    sertraline = {
-        "resourceType": "MedicationRequest",
-        "id": "draft-ssri",
-        "status": "draft",
-        "intent": "order",
-        "subject": {"reference": "Patient/p1"},
-        "medicationCodeableConcept": {
+    sertraline = medication_request(
+        "draft-ssri",
+        status="draft",
+        medicationCodeableConcept={
             "coding": [
                 {
                     "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
@@ -272,7 +254,7 @@ def test_order_select_judges_only_selected_drafts(client: TestClient) -> None:
                 }
             ]
         },
-    }
+    )
     drafts = {"resourceType": "Bundle", "entry": [{"resource": sertraline}]}
     context = {"patientId": "p1", "userId": "Practitioner/u1", "draftOrders": drafts}
     unselected = request("order-select", prefetch=prefetch, context={**context, "selections": []})

@@ -11,6 +11,7 @@ from service.config import Settings
 from service.engine.record import RecordReader
 from service.knowledge.base import load_knowledge
 from service.knowledge.valuesets import ValueSetMatcher
+from tests.factories import medication_request
 
 SETTINGS = Settings()
 KB = load_knowledge(SETTINGS.fhir_profiles_dir, SETTINGS.knowledge_dir)
@@ -163,14 +164,7 @@ def test_medication_reference_to_contained_and_bundled_medication() -> None:
         ],
         "medicationReference": {"reference": "#m0"},
     }
-    referenced = {
-        "resourceType": "MedicationRequest",
-        "id": "mr",
-        "status": "active",
-        "intent": "order",
-        "subject": {"reference": "Patient/p1"},
-        "medicationReference": {"reference": "Medication/m1"},
-    }
+    referenced = medication_request("mr", medicationReference={"reference": "Medication/m1"})
     medication = {
         "resourceType": "Medication",
         "id": "m1",
@@ -239,14 +233,7 @@ def test_summary_is_plain_text_and_detail_escapes_data() -> None:
         "clinicalStatus": {"coding": [{"code": "active"}]},
         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "32914008"}]},
     }
-    drug = {
-        "resourceType": "MedicationRequest",
-        "id": "m",
-        "status": "active",
-        "intent": "order",
-        "subject": {"reference": "Patient/p1"},
-        "medicationCodeableConcept": {"text": "sertraline <b>*50*</b>"},
-    }
+    drug = medication_request(medicationCodeableConcept={"text": "sertraline <b>*50*</b>"})
     record = READER.read("p1", AS_OF, [condition, drug])
     cards, _ = CardComposer(KB).compose(record, RuleEngine(KB).run("patient-view", record))
     card = next(c for c in cards if c["source"]["topic"]["code"] == "medication-review")

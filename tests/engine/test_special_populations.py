@@ -15,6 +15,7 @@ from service.engine.record import PatientRecord, RecordReader
 from service.engine.rules import RuleEngine, RuleOutcome
 from service.errors import KnowledgeError
 from service.knowledge.base import load_knowledge
+from tests.factories import medication_request
 
 SETTINGS = Settings()
 KB = load_knowledge(SETTINGS.fhir_profiles_dir, SETTINGS.knowledge_dir)
@@ -224,15 +225,11 @@ def _dosage(value: float, unit: str, **timing: Any) -> dict[str, Any]:
 def test_daily_dose_is_read_only_when_every_part_is_exact(
     dosages: list[dict[str, Any]], expected: float | None
 ) -> None:
-    resource = {
-        "resourceType": "MedicationRequest",
-        "id": "g",
-        "status": "active",
-        "intent": "order",
-        "subject": {"reference": "Patient/p1"},
-        "medicationCodeableConcept": {"text": "gabapentin 300 MG Oral Capsule"},
-        "dosageInstruction": dosages,
-    }
+    resource = medication_request(
+        "g",
+        medicationCodeableConcept={"text": "gabapentin 300 MG Oral Capsule"},
+        dosageInstruction=dosages,
+    )
     (med,) = record(resource).medications
     assert med.daily_mg == expected
 

@@ -20,6 +20,7 @@ from service.config import Settings
 from service.engine.record import RecordReader
 from service.knowledge.base import load_knowledge
 from service.knowledge.valuesets import ValueSetIndex, ValueSetMatcher
+from tests.factories import medication_request
 from tests.knowledge.test_fhir_profiles import UNION_IDS, union_members
 from tests.knowledge.test_fhir_profiles import valueset as valueset_json
 
@@ -52,15 +53,9 @@ def valueset(vs_id: str) -> ValueSetIndex:
 
 def medication(concept: dict[str, Any]) -> tuple[tuple[tuple[str, str], ...], str, str]:
     """The concept of a MedicationRequest as the record reader builds it."""
-    request = {
-        "resourceType": "MedicationRequest",
-        "id": "m",
-        "status": "active",
-        "intent": "order",
-        "subject": {"reference": "Patient/p"},
-        "authoredOn": "2026-01-01",
-        "medicationCodeableConcept": concept,
-    }
+    request = medication_request(
+        patient_id="p", authoredOn="2026-01-01", medicationCodeableConcept=concept
+    )
     record = READER.read("p", AS_OF, [request])
     (use,) = record.medications
     return use.concept.codings, use.concept.text, use.concept.label
