@@ -81,7 +81,7 @@ def _context(settings: Settings, clock: Clock, fetcher: Fetcher | None) -> AppCo
         settings=settings,
         kb=kb,
         clock=clock,
-        db=Database(settings.database_url),
+        db=Database(settings.database_url, clock=clock),
         pipeline=HookPipeline(
             kb,
             fetcher,

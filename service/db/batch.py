@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import metrics
+from service.clock import Clock, utc_now
 from service.db import repository
 from service.db.repository import AuditRecord, HoldRows
 
@@ -92,9 +93,15 @@ class GroupCommit:
     """One writer per process: queue a claim, a lookup or an audit row and await its commit."""
 
     def __init__(
-        self, engine: AsyncEngine, *, max_batch: int = 256, round_deadline_s: float = 5.0
+        self,
+        engine: AsyncEngine,
+        *,
+        max_batch: int = 256,
+        round_deadline_s: float = 5.0,
+        clock: Clock = utc_now,
     ) -> None:
         self._engine = engine
+        self._clock = clock
         self._max_batch = max_batch
         self._round_deadline_s = round_deadline_s
         self._queues: _Queues | None = None
@@ -221,7 +228,7 @@ class GroupCommit:
     async def _read_write(
         self, connection: AsyncConnection, claims: list[_Claim], lookups: list[_Lookup]
     ) -> _Answers:
-        now = datetime.now(UTC)
+        now = self._clock()
         first: dict[tuple[str, str], _Claim] = {}
         repeats: list[_Claim] = []  # the same token twice in one round: only one can be first
         for claim in claims:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from service.clock import Clock, utc_now
 from service.config import async_database_url
 from service.db.batch import GroupCommit
 
@@ -29,8 +30,10 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
 class Database:
     """Owns the engine. Every operation may raise: callers decide whether to fail open."""
 
-    def __init__(self, url: str, *, connect_timeout_s: float = 2.0) -> None:
+    def __init__(self, url: str, *, connect_timeout_s: float = 2.0, clock: Clock = utc_now) -> None:
         url = async_database_url(url)  # plain sqlite:// and postgresql:// get their async driver
+        self.clock = clock
+        """The app's clock: what "now" is for expiries and stored times."""
         self.url = url
         kwargs: dict[str, object] = {"pool_pre_ping": True}
         if url.startswith("postgresql"):
@@ -43,7 +46,7 @@ class Database:
             self.engine, expire_on_commit=False
         )
         # The process's one writer for the hook path's small statements (service/db/batch.py).
-        self.group_commit = GroupCommit(self.engine)
+        self.group_commit = GroupCommit(self.engine, clock=clock)
 
     async def ping(self) -> bool:
         try:

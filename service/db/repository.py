@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -90,7 +90,7 @@ async def store_feedback(
     """Store every item durably, once, and the holds of each new item. Returns (new rows,
     duplicates). Commits before returning. A retried item never re-applies its holds, so a late
     retry cannot undo newer feedback."""
-    now = now or datetime.now(UTC)
+    now = now or db.clock()
     stored = 0
     async with db.sessions() as session, session.begin():
         statement = _insert_ignore(session).returning(FeedbackItem.id)

@@ -10,11 +10,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import delete
 
+from service.clock import Clock, utc_now
 from service.db.database import Database
 from service.db.models import SeenJti
 
@@ -46,6 +47,7 @@ class SqlReplayStore:
         purge_every_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` paces the purge; what has expired is decided on the database's clock."""
         dialect = database.engine.dialect.name
         if dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"replay store supports SQLite and PostgreSQL, not {dialect!r}")
@@ -59,12 +61,12 @@ class SqlReplayStore:
     async def remember(self, iss: str, jti: str, expires_at: datetime) -> bool:
         first_use = await self._writer.claim_jti(iss, jti, expires_at)
         if self._clock() >= self._next_purge and not self._purging:
-            await self._purge(datetime.now(UTC))
+            await self._purge(self._database.clock())
         return first_use
 
     async def purge(self) -> int:
         """Delete rows whose tokens have expired; returns how many."""
-        return await self._purge(datetime.now(UTC))
+        return await self._purge(self._database.clock())
 
     async def _purge(self, now: datetime) -> int:
         self._purging = True
@@ -81,16 +83,30 @@ class SqlReplayStore:
 
 
 class MemoryReplayStore:
-    """A dict-backed store for unit tests; not shared between processes, so never for serving."""
+    """One process's memory of accepted tokens, bounded. Not shared between replicas: on its own
+    only for tests; serving uses it as the database's stand-in (``DegradableReplayStore``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_entries: int = 100_000, clock: Clock = utc_now) -> None:
+        self.max_entries = max_entries
+        self._clock = clock
         self._seen: dict[tuple[str, str], datetime] = {}
 
+    def __len__(self) -> int:
+        return len(self._seen)
+
     async def remember(self, iss: str, jti: str, expires_at: datetime) -> bool:
-        now = datetime.now(UTC)
+        return self.claim(iss, jti, expires_at)
+
+    def claim(self, iss: str, jti: str, expires_at: datetime) -> bool:
+        """``remember`` without an await: nothing else runs between the check and the write."""
+        now = self._clock()
         previous = self._seen.get((iss, jti))
         if previous is not None and previous >= now:
             return False
+        if len(self._seen) >= self.max_entries:
+            self._seen = {k: v for k, v in self._seen.items() if v >= now}
+            while len(self._seen) >= self.max_entries:  # still full: forget the oldest
+                self._seen.pop(next(iter(self._seen)))
         self._seen[(iss, jti)] = expires_at
         return True
 
@@ -106,12 +122,16 @@ class DegradableReplayStore:
     """
 
     def __init__(
-        self, primary: ReplayStore, *, timeout_s: float = 0.5, max_entries: int = 100_000
+        self,
+        primary: ReplayStore,
+        *,
+        timeout_s: float = 0.5,
+        max_entries: int = 100_000,
+        clock: Clock = utc_now,
     ) -> None:
         self.primary = primary
         self.timeout_s = timeout_s
-        self.max_entries = max_entries
-        self._memory: dict[tuple[str, str], datetime] = {}
+        self._memory = MemoryReplayStore(max_entries=max_entries, clock=clock)
         self.degraded_checks = 0
 
     async def remember(self, iss: str, jti: str, expires_at: datetime) -> bool:
@@ -123,16 +143,4 @@ class DegradableReplayStore:
         except Exception as exc:
             self.degraded_checks += 1
             logger.warning("replay store degraded to this replica's memory: %s", type(exc).__name__)
-            return self._remember_locally(iss, jti, expires_at)
-
-    def _remember_locally(self, iss: str, jti: str, expires_at: datetime) -> bool:
-        now = datetime.now(UTC)
-        previous = self._memory.get((iss, jti))
-        if previous is not None and previous >= now:
-            return False
-        if len(self._memory) >= self.max_entries:
-            self._memory = {k: v for k, v in self._memory.items() if v >= now}
-            while len(self._memory) >= self.max_entries:  # still full: forget the oldest
-                self._memory.pop(next(iter(self._memory)))
-        self._memory[(iss, jti)] = expires_at
-        return True
+            return self._memory.claim(iss, jti, expires_at)

@@ -75,7 +75,7 @@ def create_token_verifier(
     return TokenVerifier(
         registry,
         JwksCache(http_client),
-        DegradableReplayStore(SqlReplayStore(database)),
+        DegradableReplayStore(SqlReplayStore(database), clock=database.clock),
         settings.public_base_url,
     )
 
