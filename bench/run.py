@@ -514,9 +514,8 @@ def fhir_alone(
 def engine_timings(bodies: dict[str, bytes], repeat: int) -> dict[str, dict[str, float]]:
     """Median CPU ms for what the route does with a body: parse, validate, read, evaluate,
     compose (thread CPU time, so other processes on the machine do not inflate it)."""
-    from service.api.jsonbody import parse_json, validate
+    from service.api.jsonbody import decode_hook_request
     from service.api.routes import hook_call
-    from service.cdshooks import models
     from service.cdshooks.discovery import SERVICES
     from service.config import Settings
     from service.engine.pipeline import HookPipeline
@@ -530,8 +529,7 @@ def engine_timings(bodies: dict[str, bytes], repeat: int) -> dict[str, dict[str,
     out: dict[str, dict[str, float]] = {}
 
     async def once(raw: bytes) -> int:
-        parsed = parse_json(raw, max_depth=settings.max_json_depth)
-        body = validate(models.HookRequest, parsed)
+        body = decode_hook_request(raw, max_depth=settings.max_json_depth)
         call = hook_call(spec[body.hook], body)
         result = await pipeline.run(call, today)
         return len(result.cards)

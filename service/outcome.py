@@ -14,12 +14,15 @@ FAILING_SEVERITIES = ("error", "fatal")
 
 
 def is_operation_outcome(value: object) -> bool:
-    return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
+    """True for an OperationOutcome, read as a dict or as a slim struct (``resourceType``)."""
+    if isinstance(value, dict):
+        return value.get("resourceType") == "OperationOutcome"
+    return getattr(value, "resourceType", None) == "OperationOutcome"
 
 
 def is_failed_outcome(outcome: Any) -> bool:
     """True if the OperationOutcome says the query failed (see the module docstring)."""
-    issues = outcome.get("issue") if isinstance(outcome, dict) else None
+    issues = outcome.get("issue") if isinstance(outcome, dict) else getattr(outcome, "issue", None)
     return isinstance(issues, list) and any(
         isinstance(issue, dict)
         and (issue.get("severity") in FAILING_SEVERITIES or issue.get("code") == "not-supported")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any, TypeVar
 
+import msgspec
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from service.cdshooks.models import HookRequest
+from service.engine.fhir_json import UNSET, NotObject, PrefetchValue, UnsetType
 from service.errors import InvalidRequest
 
 M = TypeVar("M", bound=BaseModel)
@@ -63,3 +66,83 @@ def validate(model: type[M], data: Any) -> M:
             where = ".".join(str(p) for p in error["loc"]) or "body"
             problems.append(f"{where}: {error['msg']}")
         raise InvalidRequest("Invalid request: " + "; ".join(problems)) from None
+
+
+class _HookBody(msgspec.Struct):
+    """A hook request as msgspec decodes it: the CDS Hooks fields as JSON, for the same pydantic
+    validation as before, and the prefetch as slim structs (``service.engine.fhir_json``)."""
+
+    hook: Any = UNSET
+    hookInstance: Any = UNSET
+    fhirServer: Any = UNSET
+    fhirAuthorization: Any = UNSET
+    context: Any = UNSET
+    prefetch: dict[str, PrefetchValue] | NotObject | UnsetType = UNSET
+
+
+_HOOK_BODY = msgspec.json.Decoder(_HookBody)
+_PREFETCH = dict[str, PrefetchValue]
+# What msgspec reads apart from orjson: an integer beyond 64 bits (orjson: a float, or a 400 past
+# the float range) and, inside skipped fields, text that is not UTF-8 and numbers past the float
+# range. A body with invalid UTF-8, a run of 19+ digits or a number with an exponent of 3+ digits
+# is read by orjson (text that looks alike, "a1e100 b", only takes the longer path). In the
+# shape of the body a digit is "0", "e"/"E" is "e", what may end a number is " ".
+_ENDS_NUMBER = b", \t\n\r]}"
+_KEPT = b"0123456789eE+" + _ENDS_NUMBER
+_NUMBER_SHAPE = bytes.maketrans(
+    _KEPT + bytes(b for b in range(256) if b not in _KEPT),
+    b"0000000000ee+" + b" " * len(_ENDS_NUMBER) + b"a" * (256 - len(_KEPT)),
+)
+_LONG_DIGITS = b"0" * 19
+_EXPONENTS = (b"e000", b"e+000")
+_DIGIT, _END = ord("0"), ord(" ")
+
+
+def _same_in_both(body: bytes) -> bool:
+    """True when msgspec reads ``body`` exactly as orjson does (see above)."""
+    if not body.isascii():
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            return False
+    shape = body.translate(_NUMBER_SHAPE)
+    if _LONG_DIGITS in shape:
+        return False
+    for exponent in _EXPONENTS:
+        at = shape.find(exponent)
+        while at >= 0:  # mostly hexadecimal ids ("5e123a"): a number ends at a separator
+            end = at + len(exponent)
+            while end < len(shape) and shape[end] == _DIGIT:
+                end += 1
+            if end == len(shape) or shape[end] == _END:
+                return False
+            at = shape.find(exponent, end)
+    return True
+
+
+def decode_hook_request(body: bytes, *, max_depth: int) -> HookRequest:
+    """The validated hook request, its prefetch decoded straight into slim structs.
+
+    Anything msgspec refuses (bad JSON, not an object), a body nested too deep, and a body msgspec
+    might read apart from orjson take the general path (``parse_json`` and ``validate``), so every
+    400 and every value reads as before.
+    """
+    # The depth check first: msgspec's own limit is a RecursionError. On bytes that are not
+    # JSON its answer means nothing, but then msgspec refuses them and parse_json answers.
+    if body and _depth_ok(body, max_depth) and _same_in_both(body):
+        try:
+            decoded = _HOOK_BODY.decode(body)
+        except (msgspec.MsgspecError, RecursionError):
+            pass
+        else:
+            fields = {
+                name: value
+                for name in _HookBody.__struct_fields__
+                if (value := getattr(decoded, name)) is not UNSET
+            }
+            return validate(HookRequest, fields)
+    data = parse_json(body, max_depth=max_depth)
+    request = validate(HookRequest, data)
+    if isinstance(request.prefetch, dict):
+        request.prefetch = msgspec.convert(request.prefetch, _PREFETCH, strict=True)
+    return request

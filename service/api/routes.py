@@ -18,7 +18,7 @@ from service.api.deps import (
     ContextDep,
     check_fhir_server,
 )
-from service.api.jsonbody import parse_json, validate
+from service.api.jsonbody import decode_hook_request, parse_json, validate
 from service.api.openapi import (
     ERRORS,
     EXPLAIN,
@@ -129,10 +129,8 @@ async def _run(
     # never holds a slot; a slot bounds the parsed records and evaluations at once.
     raw = await request.body()
     async with context.hook_slots:
-        data = parse_json(raw, max_depth=settings.max_json_depth)
+        body = decode_hook_request(raw, max_depth=settings.max_json_depth)
         del raw
-        body = validate(models.HookRequest, data)
-        del data
         bind(hook_instance=body.hookInstance)
         call = hook_call(spec, body)
         check_fhir_server(call.fhir_server, caller)

@@ -13,6 +13,7 @@ from datetime import date
 from typing import Any, Protocol
 
 from service.engine.cards import CardComposer, CardMeta
+from service.engine.fhir_json import UNSET, Reference, Resource, resource_of
 from service.engine.prefetch import (
     KEY_CATEGORY,
     OPTIONAL_CATEGORIES,
@@ -20,7 +21,8 @@ from service.engine.prefetch import (
     read_prefetch,
     templates_for,
 )
-from service.engine.record import PatientRecord, RecordReader
+from service.engine.reader import RecordReader
+from service.engine.record import PatientRecord
 from service.engine.rules import RuleEngine, RuleOutcome
 from service.errors import PrefetchUnavailable
 from service.knowledge.base import KnowledgeBase
@@ -93,22 +95,22 @@ def render_query(template: str, call: HookCall) -> str:
 _MEDICATION_USERS = ("MedicationRequest", "MedicationStatement")
 
 
-def _medication_targets(resources: list[Any]) -> tuple[set[str], list[tuple[dict[str, Any], str]]]:
+def _medication_targets(resources: list[Any]) -> tuple[set[str], list[tuple[Resource, str]]]:
     """(the ``Medication/id`` keys present, each (resource, reference) naming its drug by a
     non-contained ``medicationReference`` instead of a code)."""
     have = {
-        f"Medication/{r.get('id')}"
+        f"Medication/{r.id}"
         for r in resources
-        if isinstance(r, dict) and r.get("resourceType") == "Medication"
+        if isinstance(r, Resource) and r.resourceType == "Medication"
     }
-    targets: list[tuple[dict[str, Any], str]] = []
+    targets: list[tuple[Resource, str]] = []
     for resource in resources:
-        if not isinstance(resource, dict) or resource.get("resourceType") not in _MEDICATION_USERS:
+        if not isinstance(resource, Resource) or resource.resourceType not in _MEDICATION_USERS:
             continue
-        if "medicationCodeableConcept" in resource:
+        if resource.medicationCodeableConcept is not UNSET:
             continue
-        reference = resource.get("medicationReference")
-        target = reference.get("reference") if isinstance(reference, dict) else None
+        reference = resource.medicationReference
+        target = reference.reference if isinstance(reference, Reference) else None
         if isinstance(target, str) and not target.startswith("#"):
             targets.append((resource, target))
     return have, targets
@@ -174,7 +176,7 @@ class HookPipeline:
             for key in to_fetch:
                 result = fetched.get(key)
                 if result is not None and result.ok:
-                    resources.extend(result.resources)
+                    resources.extend(map(resource_of, result.resources))
                     fetches[key] = "ok"
                 else:
                     fetches[key] = (result.reason if result is not None else None) or "timeout"
@@ -231,7 +233,7 @@ class HookPipeline:
 
     async def _resolve_medications(
         self, call: HookCall, resources: list[Any], deadline_s: float
-    ) -> list[dict[str, Any]]:
+    ) -> list[object]:
         """Fetch the Medications that MedicationRequest/Statement reference but nobody sent."""
         pending = _unresolved_medication_refs(resources)
         if not pending or not call.fhir_server or self.fetcher is None or deadline_s <= 0.05:
@@ -239,4 +241,4 @@ class HookPipeline:
         resolved = await self.fetcher.read_references(
             call.fhir_server, pending, call.token, deadline_s
         )
-        return list(resolved.values())
+        return [resource_of(resource) for resource in resolved.values()]

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from service.engine.conditions import OPERATORS
+from service.engine.fhir_json import UNSET, Entry, Resource, resource_of
 from service.knowledge import schema
 from service.knowledge.base import KnowledgeBase, iter_conditions
 from service.outcome import is_failed_outcome, is_operation_outcome
@@ -178,30 +179,32 @@ def read_prefetch(keys: Iterable[str], prefetch: dict[str, Any] | None) -> Prefe
             read.missing.append(key)
             continue
         value = given[key]
+        if value.__class__ is dict:
+            value = resource_of(value)  # a prefetch read as plain JSON (the journal page)
         if value is None:
             continue
         if (
-            not isinstance(value, dict)
+            not isinstance(value, Resource)
             or is_operation_outcome(value)
-            or "resourceType" not in value
+            or value.resourceType is UNSET
         ):
             read.missing.append(key)
             continue
-        if value.get("resourceType") != "Bundle":
+        if value.resourceType != "Bundle":
             read.resources.append(value)
             continue
-        entries = value.get("entry")
+        entries = value.entry
         resources = [
-            entry.get("resource")
+            entry.resource
             for entry in (entries if isinstance(entries, list) else [])
-            if isinstance(entry, dict)
+            if isinstance(entry, Entry)
         ]
         outcomes = [r for r in resources if is_operation_outcome(r)]
         if any(is_failed_outcome(r) for r in outcomes):
             read.missing.append(key)
             continue
         read.resources.extend(r for r in resources if not is_operation_outcome(r))
-        links = value.get("link")
+        links = value.link
         if isinstance(links, list) and any(
             isinstance(link, dict) and link.get("relation") == "next" for link in links
         ):

@@ -15,7 +15,8 @@ import pytest
 from service.config import Settings
 from service.engine.evaluator import Evaluator
 from service.engine.prefetch import OPTIONAL_CATEGORIES, templates_for
-from service.engine.record import PatientRecord, RecordReader
+from service.engine.reader import RecordReader
+from service.engine.record import PatientRecord
 from service.engine.rules import RuleEngine
 from service.knowledge import schema
 from service.knowledge.base import load_knowledge

@@ -47,7 +47,7 @@ def test_warning_outcome_entries_do_not_fail_the_key(client: TestClient, severit
     cards = response.json()["cards"]
     assert cards and not any(MISSING in c["detail"] for c in cards)
     read = read_prefetch(["conditions"], body["prefetch"])
-    assert read.missing == [] and all(r["resourceType"] == "Condition" for r in read.resources)
+    assert read.missing == [] and all(r.resourceType == "Condition" for r in read.resources)
 
 
 @pytest.mark.parametrize(("severity", "code"), [("error", "processing"), ("fatal", "exception"),

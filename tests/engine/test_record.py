@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from service.config import Settings
-from service.engine.record import RecordReader
+from service.engine.reader import RecordReader
 from service.knowledge.base import load_knowledge
 from service.knowledge.valuesets import ValueSetMatcher
 from tests.factories import medication_request

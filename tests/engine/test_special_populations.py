@@ -11,7 +11,8 @@ import pytest
 
 from service.config import Settings
 from service.engine.prefetch import templates_for
-from service.engine.record import PatientRecord, RecordReader
+from service.engine.reader import RecordReader
+from service.engine.record import PatientRecord
 from service.engine.rules import RuleEngine, RuleOutcome
 from service.errors import KnowledgeError
 from service.knowledge.base import load_knowledge

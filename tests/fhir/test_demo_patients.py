@@ -22,7 +22,7 @@ import service.demo
 from service.config import Settings
 from service.demo import _SHIFTED_KEYS, DEMO_ANCHOR, demo_patient_files
 from service.engine.cards import CardComposer
-from service.engine.record import RecordReader
+from service.engine.reader import RecordReader
 from service.engine.rules import RuleEngine
 from service.knowledge.base import KnowledgeBase, load_knowledge
 

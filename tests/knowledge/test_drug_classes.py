@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from service.config import Settings
-from service.engine.record import RecordReader
+from service.engine.reader import RecordReader
 from service.knowledge.base import load_knowledge
 from service.knowledge.valuesets import ValueSetIndex, ValueSetMatcher
 from tests.factories import medication_request
