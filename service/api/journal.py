@@ -32,6 +32,7 @@ from service.api.context import AppContext
 from service.api.deps import ContextDep
 from service.api.jsonbody import parse_json
 from service.cdshooks.models import is_fhir_id
+from service.engine.fhir_json import Reference, Resource
 from service.engine.prefetch import KEY_CATEGORY, read_prefetch, templates_for
 from service.errors import ForbiddenFhirServer, InvalidRequest, UnknownService
 from service.knowledge.base import KnowledgeBase
@@ -272,14 +273,14 @@ async def journal_advice(request: Request, context: JournalContext) -> Response:
 def _about(resource: Any, patient_id: str) -> bool:
     """Only the launched patient's resources count (a server that ignores ``patient=`` must not
     mix another patient's entries into this one's advice)."""
-    if not isinstance(resource, dict):
+    if not isinstance(resource, Resource):
         return False
-    if resource.get("resourceType") == "Patient":
-        return resource.get("id") == patient_id
-    if resource.get("resourceType") == "Medication":  # referenced by the patient's orders
+    if resource.resourceType == "Patient":
+        return bool(resource.id == patient_id)
+    if resource.resourceType == "Medication":  # referenced by the patient's orders
         return True
-    subject = resource.get("subject") or resource.get("patient")
-    reference = subject.get("reference") if isinstance(subject, dict) else None
+    subject = resource.subject or resource.patient
+    reference = subject.reference if isinstance(subject, Reference) else None
     return isinstance(reference, str) and reference.split("/")[-2:] == ["Patient", patient_id]
 
 
