@@ -42,36 +42,14 @@ class LabNode(Leaf):
 
     def evaluate(self, ev: Evaluator) -> Result:
         spec: schema.LabSpec = self.spec
-        analyte, threshold, wanted = self.analyte, self.threshold, self.wanted
+        analyte, threshold = self.analyte, self.threshold
         label = self.label
         lab, _ = ev.newest(spec.analyte, spec.within_days)
         if lab is None:
             if ev.unavailable("observations"):
                 return ev.result(label, None, "lab results could not be read")
             return ev.result(label, False, f"no result within {spec.within_days} days")
-        flagged = bool(lab.interpretation & wanted)
-        value: Truth
-        # How the value was decided, for the trace: "flag", "low", "high" or "threshold".
-        if spec.decide == "either" and flagged:
-            value, how = True, "flag"
-        elif spec.decide == "lab-first" and spec.interpretation and lab.interpretation:
-            value, how = flagged, "flag"
-        elif (
-            spec.decide == "lab-first"
-            and spec.reference_range == "low"
-            and lab.ref_low is not None
-            and lab.comparator is None
-        ):
-            value, how = lab.value < lab.ref_low, "low"
-        elif (
-            spec.decide == "lab-first"
-            and spec.reference_range == "high"
-            and lab.ref_high is not None
-            and lab.comparator is None
-        ):
-            value, how = lab.value > lab.ref_high, "high"
-        else:
-            value, how = compare(spec.op, lab, threshold), "threshold"
+        value, how = self._decide(lab)
         if ev.explain:
             if how == "flag":
                 how = "lab interpretation " + ",".join(sorted(lab.interpretation))
@@ -94,6 +72,22 @@ class LabNode(Leaf):
             if spec.as_:
                 result.bindings[spec.as_] = lab_binding(ev.kb, lab)
         return result
+
+    def _decide(self, lab: LabResult) -> tuple[Truth, str]:
+        """The value, and how it was decided for the trace: "flag" (the lab's interpretation),
+        "low"/"high" (the lab's reference range) or "threshold" (the spec's)."""
+        spec = self.spec
+        flagged = bool(lab.interpretation & self.wanted)
+        if spec.decide == "either" and flagged:
+            return True, "flag"
+        if spec.decide == "lab-first" and spec.interpretation and lab.interpretation:
+            return flagged, "flag"
+        if spec.decide == "lab-first" and lab.comparator is None:
+            if spec.reference_range == "low" and lab.ref_low is not None:
+                return lab.value < lab.ref_low, "low"
+            if spec.reference_range == "high" and lab.ref_high is not None:
+                return lab.value > lab.ref_high, "high"
+        return compare(spec.op, lab, self.threshold), "threshold"
 
 
 @dataclass(slots=True, eq=False, kw_only=True)
