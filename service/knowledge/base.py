@@ -262,44 +262,14 @@ def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
         "policy": policy,
     }
     checker = _Checker(parts)
-    analyte_by_code: dict[tuple[str, str], str] = {}
-    for name, analyte in analyte_file.analytes.items():
-        checker.valueset(f"analytes.yaml: field 'analytes.{name}.valueset'", analyte.valueset)
-        for key in valuesets[analyte.valueset].codes:
-            if key in analyte_by_code:
-                raise KnowledgeError(
-                    f"analytes.yaml: field 'analytes.{name}.valueset': code {key[1]} is also in "
-                    f"{analyte_by_code[key]}"
-                )
-            analyte_by_code[key] = name
-    for name, analyte in analyte_file.analytes.items():
-        if analyte.derived is None:
-            continue
-        where = f"analytes.yaml: field 'analytes.{name}.derived'"
-        for part in (analyte.derived.numerator, analyte.derived.denominator):
-            checker.analyte(where, part)
-        units = {
-            analyte_file.analytes[p].unit
-            for p in (analyte.derived.numerator, analyte.derived.denominator)
-        }
-        if len(units) != 1:
-            raise KnowledgeError(f"{where}: numerator and denominator need the same unit")
+    analyte_by_code = _analyte_by_code(analyte_file, valuesets, checker)
+    _check_derived(analyte_file, checker)
     checker.condition("policy.yaml: field 'complaint'", policy.complaint)
     for name, population in policy.populations.items():
         checker.condition(f"policy.yaml: field 'populations.{name}.when'", population.when)
     validate_order_templates(orders_file, orders)
 
-    rules: list[schema.Rule] = []
-    files: dict[str, Path] = {}
-    for path in sorted((knowledge_dir / "rules").glob("*.yaml")):
-        rule = _load_yaml(path, schema.Rule)
-        if rule.id in files:
-            raise KnowledgeError(f"{path}: field 'id': duplicate rule id {rule.id}")
-        _check_rule(path, rule, checker, parts)
-        rules.append(rule)
-        files[rule.id] = path
-    if not rules:
-        raise KnowledgeError(f"{knowledge_dir / 'rules'}: no rule files")
+    rules, files = _load_rules(knowledge_dir / "rules", checker, parts)
     return KnowledgeBase(
         rules=tuple(rules),
         rule_files=files,
@@ -319,6 +289,57 @@ def load_knowledge(profiles_dir: Path, knowledge_dir: Path) -> KnowledgeBase:
         journal_options=journal_options,
         unit_display=analyte_file.unit_display,
     )
+
+
+def _analyte_by_code(
+    analyte_file: schema.AnalyteFile, valuesets: dict[str, Any], checker: _Checker
+) -> dict[tuple[str, str], str]:
+    """(system, code) → analyte name; each analyte's ValueSet exists and no code is in two."""
+    analyte_by_code: dict[tuple[str, str], str] = {}
+    for name, analyte in analyte_file.analytes.items():
+        checker.valueset(f"analytes.yaml: field 'analytes.{name}.valueset'", analyte.valueset)
+        for key in valuesets[analyte.valueset].codes:
+            if key in analyte_by_code:
+                raise KnowledgeError(
+                    f"analytes.yaml: field 'analytes.{name}.valueset': code {key[1]} is also in "
+                    f"{analyte_by_code[key]}"
+                )
+            analyte_by_code[key] = name
+    return analyte_by_code
+
+
+def _check_derived(analyte_file: schema.AnalyteFile, checker: _Checker) -> None:
+    """A derived analyte (a ratio) names known analytes measured in one unit."""
+    for name, analyte in analyte_file.analytes.items():
+        if analyte.derived is None:
+            continue
+        where = f"analytes.yaml: field 'analytes.{name}.derived'"
+        for part in (analyte.derived.numerator, analyte.derived.denominator):
+            checker.analyte(where, part)
+        units = {
+            analyte_file.analytes[p].unit
+            for p in (analyte.derived.numerator, analyte.derived.denominator)
+        }
+        if len(units) != 1:
+            raise KnowledgeError(f"{where}: numerator and denominator need the same unit")
+
+
+def _load_rules(
+    folder: Path, checker: _Checker, parts: dict[str, Any]
+) -> tuple[list[schema.Rule], dict[str, Path]]:
+    """Every ``rules/*.yaml`` in name order, checked; the rules and the file of each rule id."""
+    rules: list[schema.Rule] = []
+    files: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        rule = _load_yaml(path, schema.Rule)
+        if rule.id in files:
+            raise KnowledgeError(f"{path}: field 'id': duplicate rule id {rule.id}")
+        _check_rule(path, rule, checker, parts)
+        rules.append(rule)
+        files[rule.id] = path
+    if not rules:
+        raise KnowledgeError(f"{folder}: no rule files")
+    return rules, files
 
 
 class _OrderFile(BaseModel):

@@ -161,3 +161,14 @@ def test_clinician_summary_is_generated_from_the_rules() -> None:
     assert committed == rules_markdown(kb), (
         "docs/rules.md is stale: run `sleep-cds rules-doc > docs/rules.md`"
     )
+
+
+def test_every_leaf_operator_is_described_for_clinicians() -> None:
+    """docs/rules.md words every condition: a new leaf operator needs a describer."""
+    from service.knowledge import schema, summary
+
+    operators = set()
+    for cls in schema.LeafCond.__subclasses__():
+        name, info = next(iter(cls.model_fields.items()))
+        operators.add(info.alias or name)
+    assert operators == set(summary._LEAF_WORDS)
