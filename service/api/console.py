@@ -30,7 +30,7 @@ from service.api.problems import operation_outcome
 from service.api.responses import json_response
 from service.cdshooks.models import is_fhir_id
 from service.config import Settings
-from service.engine.prefetch import fill_template, templates_for
+from service.engine.pipeline import HookCall, render_query
 from service.errors import AuthenticationFailed, InvalidRequest, UnknownService
 from service.knowledge.base import KnowledgeBase
 from service.security import check_fhir_server
@@ -49,6 +49,8 @@ _STATIC = {
     "console.js": "text/javascript; charset=utf-8",
 }
 _PATIENT_LIMIT = 200
+_HOOK = "patient-view"
+"""The chart reads what this hook's rules read, with the queries the service itself sends."""
 _CHART_KEYS = (
     "patient",
     "conditions",
@@ -154,12 +156,9 @@ async def console_chart(
         raise InvalidRequest("patient id must be a FHIR id ([A-Za-z0-9-.]{1,64})")
     base = _fhir_base(settings, fhirServer)
     kb = context.kb
-    templates = templates_for(kb, "patient-view")
-    queries = {
-        key: fill_template(templates[key], {"context.patientId": patient_id})
-        for key in _CHART_KEYS
-        if key in templates
-    }
+    templates = context.pipeline.templates[_HOOK]
+    call = HookCall(hook=_HOOK, patient_id=patient_id)
+    queries = {key: render_query(templates[key], call) for key in _CHART_KEYS if key in templates}
     results = await _fetch(context, base, queries)
     patient_result = results.get("patient")
     if patient_result is None or not patient_result.ok:
@@ -401,10 +400,7 @@ def _flag(obs: dict[str, Any]) -> str | None:
 
 
 def _labs(kb: KnowledgeBase, observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    names: dict[tuple[str, str], str] = {}
-    for analyte in kb.analytes.values():
-        for key in kb.valuesets[analyte.valueset].codes:
-            names.setdefault(key, analyte.display)
+    names = {key: kb.analytes[name].display for key, name in kb.analyte_by_code.items()}
     rows = []
     for obs in observations:
         if obs.get("resourceType") != "Observation":

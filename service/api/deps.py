@@ -61,8 +61,3 @@ async def authenticate(request: Request, context: ContextDep) -> Caller | None:
 
 
 CallerDep = Annotated[Caller | None, Depends(authenticate)]
-
-
-def check_fhir_server(url: str | None, caller: Caller | None) -> None:
-    """Refuse, before any connection, a fhirServer the caller may not send its token to."""
-    security.check_fhir_server(url, caller)

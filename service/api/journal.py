@@ -200,11 +200,7 @@ def _questionnaire(profiles_dir: Path) -> dict[str, Any]:
 
 def _lab_names(kb: KnowledgeBase) -> dict[str, str]:
     """``system|code`` → analyte name, for every code of every analyte the rules know."""
-    names: dict[str, str] = {}
-    for analyte in kb.analytes.values():
-        for system, code in kb.valuesets[analyte.valueset].codes:
-            names.setdefault(f"{system}|{code}", analyte.display)
-    return names
+    return {f"{s}|{c}": kb.analytes[name].display for (s, c), name in kb.analyte_by_code.items()}
 
 
 @router.get("/api/config")

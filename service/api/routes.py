@@ -12,12 +12,7 @@ from starlette.responses import Response
 from service import metrics
 from service.api import feedback as feedback_trust
 from service.api.context import AppContext
-from service.api.deps import (
-    Caller,
-    CallerDep,
-    ContextDep,
-    check_fhir_server,
-)
+from service.api.deps import Caller, CallerDep, ContextDep
 from service.api.jsonbody import decode_hook_request, parse_json, validate
 from service.api.openapi import (
     ERRORS,
@@ -39,6 +34,7 @@ from service.engine.pipeline import HookCall, HookResult
 from service.engine.suppression import Scope
 from service.errors import InvalidRequest, PrefetchUnavailable, UnknownService
 from service.logging import bind
+from service.security import check_fhir_server
 
 log = logging.getLogger("service.api")
 router = APIRouter()
