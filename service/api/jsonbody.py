@@ -84,7 +84,7 @@ _HOOK_BODY = msgspec.json.Decoder(_HookBody)
 _PREFETCH = dict[str, PrefetchValue]
 # What msgspec reads apart from orjson: an integer beyond 64 bits (orjson: a float, or a 400 past
 # the float range) and, inside skipped fields, text that is not UTF-8 and numbers past the float
-# range. A body with invalid UTF-8, a run of 19+ digits or a number with an exponent of 3+ digits
+# range. A body with invalid UTF-8, or a number of 19+ digits or with an exponent of 3+ digits,
 # is read by orjson (text that looks alike, "a1e100 b", only takes the longer path). In the
 # shape of the body a digit is "0", "e"/"E" is "e", what may end a number is " ".
 _ENDS_NUMBER = b", \t\n\r]}"
@@ -93,8 +93,9 @@ _NUMBER_SHAPE = bytes.maketrans(
     _KEPT + bytes(b for b in range(256) if b not in _KEPT),
     b"0000000000ee+" + b" " * len(_ENDS_NUMBER) + b"a" * (256 - len(_KEPT)),
 )
-_LONG_DIGITS = b"0" * 19
-_EXPONENTS = (b"e000", b"e+000")
+# Patterns that end a number only when a separator follows their digits (in an id or a word, a
+# letter or a quote follows: "5e123a", "adf1...3476513557398912740be34").
+_LONG_NUMBERS = (b"0" * 19, b"e000", b"e+000")
 _DIGIT, _END = ord("0"), ord(" ")
 
 
@@ -106,17 +107,16 @@ def _same_in_both(body: bytes) -> bool:
         except UnicodeDecodeError:
             return False
     shape = body.translate(_NUMBER_SHAPE)
-    if _LONG_DIGITS in shape:
-        return False
-    for exponent in _EXPONENTS:
-        at = shape.find(exponent)
-        while at >= 0:  # mostly hexadecimal ids ("5e123a"): a number ends at a separator
-            end = at + len(exponent)
-            while end < len(shape) and shape[end] == _DIGIT:
+    size = len(shape)
+    for pattern in _LONG_NUMBERS:
+        at = shape.find(pattern)
+        while at >= 0:
+            end = at + len(pattern)
+            while end < size and shape[end] == _DIGIT:
                 end += 1
-            if end == len(shape) or shape[end] == _END:
+            if end == size or shape[end] == _END:
                 return False
-            at = shape.find(exponent, end)
+            at = shape.find(pattern, end)
     return True
 
 

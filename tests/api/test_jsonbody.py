@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.api.jsonbody import _depth_ok, decode_hook_request, parse_json
+from service.api.jsonbody import _depth_ok, _same_in_both, decode_hook_request, parse_json
 from service.engine.fhir_json import Resource
 from service.errors import InvalidRequest
 
@@ -121,3 +121,18 @@ def test_malformed_elements_are_kept_as_they_came() -> None:
     assert isinstance(observation, Resource)
     assert observation.code == "not a concept" and observation.valueQuantity == [1]
     assert observation.referenceRange == {"low": 1}
+
+
+@pytest.mark.parametrize(
+    ("body", "fast"),
+    [
+        (b'{"id": "adf10f47e3476513557398912740be34", "x": "5e123a"}', True),
+        (b'{"id": "12345678901234567890"}', True),
+        (b'{"x": 12345678901234567890}', False),
+        (b'{"x": [1.5e300 ]}', False),
+        (b'{"x": "caf\xc3\xa9"}', True),
+        (b'{"x": "caf\xe9"}', False),
+    ],
+)
+def test_only_numbers_that_may_read_apart_take_the_orjson_path(body: bytes, fast: bool) -> None:
+    assert _same_in_both(body) is fast
