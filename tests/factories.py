@@ -144,14 +144,19 @@ def patient_view(
     if fhir_server is not None:
         body["fhirServer"] = fhir_server
     if token is not None:
-        body["fhirAuthorization"] = {
-            "access_token": token,
-            "token_type": "Bearer",
-            "expires_in": 300,
-            "scope": "patient/*.read",
-            "subject": "cds-service",
-        }
+        body["fhirAuthorization"] = fhir_authorization(token)
     return body
+
+
+def fhir_authorization(token: str, subject: str = "cds-service") -> dict[str, Any]:
+    """The request's ``fhirAuthorization``: a bearer token for patient-scoped reads."""
+    return {
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": subject,
+    }
 
 
 _patient = patient  # patient_view's ``patient`` argument hides the builder

@@ -41,6 +41,7 @@ from service.fhir import FhirClient, make_http_client
 from service.knowledge.base import load_knowledge
 from service.main import create_app
 from tests.conftest import PATIENT_VIEW_KEYS
+from tests.factories import fhir_authorization
 from tests.fixtures.bad_fhir import BadFhirServer, closed_port_url
 from tests.fixtures.fhir_server import TEST_BEARER
 
@@ -143,13 +144,7 @@ def request_body(
     if fhir_server is not None:
         body["fhirServer"] = fhir_server
     if token is not None:
-        body["fhirAuthorization"] = {
-            "access_token": token,
-            "token_type": "Bearer",
-            "expires_in": 300,
-            "scope": "patient/*.read",
-            "subject": "sleep-cds-tests",
-        }
+        body["fhirAuthorization"] = fhir_authorization(token, subject="sleep-cds-tests")
     if prefetch is not None:
         body["prefetch"] = prefetch
     return body
