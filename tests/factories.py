@@ -206,6 +206,11 @@ def issuer(
     return {"iss": iss, "jwks": {"keys": [public_jwk(private_key, kid)]}, **fields}
 
 
+def jwks_url_issuer(iss: str = "https://ehr.example.com", **fields: Any) -> dict[str, Any]:
+    """A registry entry whose keys are fetched from ``<iss>/jwks`` (never, in these tests)."""
+    return {"iss": iss, "jwks_url": f"{iss}/jwks", **fields}
+
+
 def issuers_file(tmp_path: Path, *entries: dict[str, Any]) -> Path:
     """``CDS_TRUSTED_ISSUERS_FILE`` holding ``entries``."""
     path = tmp_path / "issuers.json"

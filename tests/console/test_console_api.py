@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.api.console import CONSOLE_CSP
 from service.fhir import FetchResult
-from tests.factories import issuers_file
+from tests.factories import issuers_file, jwks_url_issuer
 from tests.factories import outcome_diagnostics as outcome
 
 SEKMET = "http://127.0.0.1:8092/fhir"
@@ -56,12 +56,7 @@ class CannedFhir:
 
 
 def registry(tmp_path: Path) -> Path:
-    entry = {
-        "iss": "https://ehr.example.com",
-        "jwks_url": "https://ehr.example.com/jwks",
-        "fhir_servers": ["https://fhir.example"],
-    }
-    return issuers_file(tmp_path, entry)
+    return issuers_file(tmp_path, jwks_url_issuer(fhir_servers=["https://fhir.example"]))
 
 
 def test_page_and_files_in_local_mode(client: TestClient) -> None:

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from service.api.journal import EHR_SCOPES, STANDALONE_SCOPES
 from service.config import REPO_ROOT
 from service.demo import demo_patient_files
-from tests.factories import issuers_file
+from tests.factories import issuers_file, jwks_url_issuer
 from tests.factories import outcome_diagnostics as outcome
 
 VENDORED = REPO_ROOT / "service" / "journal" / "fhirclient-2.6.3.min.js"
@@ -26,12 +26,7 @@ LOOPBACK_FHIR = "http://127.0.0.1:8092/fhir"
 
 
 def registry(tmp_path: Path) -> Path:
-    entry = {
-        "iss": "https://ehr.example.com",
-        "jwks_url": "https://ehr.example.com/jwks",
-        "fhir_servers": ["https://fhir.example/r4"],
-    }
-    return issuers_file(tmp_path, entry)
+    return issuers_file(tmp_path, jwks_url_issuer(fhir_servers=["https://fhir.example/r4"]))
 
 
 def test_pages_are_same_origin_only(client: TestClient) -> None:
