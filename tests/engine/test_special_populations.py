@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,7 +159,7 @@ def test_reading_completed_courses_widens_only_the_medication_queries() -> None:
     assert "status=active,intended,completed" in templates["medicationStatements"]
 
 
-def test_an_unknown_population_name_stops_the_service(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_an_unknown_population_name_stops_the_service(tmp_path: Path) -> None:
     import shutil
 
     import yaml
@@ -267,7 +268,7 @@ def test_gabapentin_dose_is_compared_with_the_band_of_the_newest_egfr(
     assert any(words in e.text for e in outcome.evidence), [e.text for e in outcome.evidence]
 
 
-def test_an_adult_only_rule_must_say_why(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_an_adult_only_rule_must_say_why(tmp_path: Path) -> None:
     import shutil
 
     import yaml

@@ -11,6 +11,7 @@ import pytest
 
 from service.config import Settings
 from service.knowledge.base import load_knowledge
+from service.knowledge.schema import Rule
 
 SETTINGS = Settings()
 KB = load_knowledge(SETTINGS.fhir_profiles_dir, SETTINGS.knowledge_dir)
@@ -48,7 +49,7 @@ def test_source_is_a_specific_document(url: str) -> None:
 
 
 @pytest.mark.parametrize("rule", KB.rules, ids=lambda r: r.id)
-def test_every_source_has_a_citation(rule) -> None:  # type: ignore[no-untyped-def]
+def test_every_source_has_a_citation(rule: Rule) -> None:
     for source in rule.sources:
         assert source.citation and len(source.citation) > 20, (rule.id, source.label)
 
