@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -60,21 +61,8 @@ def load_bundles(
     with httpx.Client(trust_env=False, timeout=timeout_s, follow_redirects=False) as http:
         for raw_path in paths:
             path = Path(raw_path)
-            try:
-                doc = orjson.loads(path.read_bytes())
-            except (OSError, orjson.JSONDecodeError) as exc:
-                raise SandboxError(f"{path}: cannot read JSON ({exc.__class__.__name__})") from exc
-            if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
-                raise SandboxError(f"{path}: not a FHIR resource (no resourceType)")
-            if shift_days:
-                doc = shift_dates(doc, shift_days)
-            rtype = doc["resourceType"]
-            if rtype == "Bundle" and doc.get("type") in ("transaction", "batch"):
-                method, url = "POST", base
-            elif isinstance(doc.get("id"), str):
-                method, url = "PUT", f"{base}/{rtype}/{doc['id']}"
-            else:
-                method, url = "POST", f"{base}/{rtype}"
+            doc = _read_resource(path, shift_days)
+            method, url = _target(doc, base)
             try:
                 response = http.request(method, url, content=orjson.dumps(doc), headers=headers)
             except httpx.HTTPError as exc:
@@ -87,9 +75,32 @@ def load_bundles(
                     f"{path}: {method} {url} -> HTTP {response.status_code}"
                     + (f": {detail}" if detail else "")
                 )
-            entries = len(doc.get("entry", [])) if rtype == "Bundle" else 1
+            entries = len(doc.get("entry", [])) if doc["resourceType"] == "Bundle" else 1
             loaded.append(Loaded(path, method, response.status_code, entries))
     return loaded
+
+
+def _read_resource(path: Path, shift_days: int) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise SandboxError(f"{path}: cannot read JSON ({exc.__class__.__name__})") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
+        raise SandboxError(f"{path}: not a FHIR resource (no resourceType)")
+    if not shift_days:
+        return doc
+    shifted: dict[str, Any] = shift_dates(doc, shift_days)
+    return shifted
+
+
+def _target(doc: dict[str, Any], base: str) -> tuple[str, str]:
+    """(method, URL): POST a transaction/batch to the base, PUT by id, else POST to the type."""
+    rtype = doc["resourceType"]
+    if rtype == "Bundle" and doc.get("type") in ("transaction", "batch"):
+        return "POST", base
+    if isinstance(doc.get("id"), str):
+        return "PUT", f"{base}/{rtype}/{doc['id']}"
+    return "POST", f"{base}/{rtype}"
 
 
 def cmd_load(args: argparse.Namespace) -> int:
