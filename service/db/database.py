@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import event, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from service.clock import Clock, utc_now
 from service.config import async_database_url
@@ -25,6 +25,18 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_file_engine(url: str) -> Engine | None:
+    """For a SQLite file: a plain ``sqlite3`` engine for the group-commit writer's thread (no
+    pool: its one connection is opened, used and closed in that thread only)."""
+    prefix = "sqlite+aiosqlite:///"
+    path = url[len(prefix) :] if url.startswith(prefix) else ""
+    if not path or path.startswith(":memory:") or "mode=memory" in path:
+        return None
+    engine = create_engine(f"sqlite+pysqlite:///{path}", poolclass=NullPool)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 class Database:
@@ -46,7 +58,8 @@ class Database:
             self.engine, expire_on_commit=False
         )
         # The process's one writer for the hook path's small statements (service/db/batch.py).
-        self.group_commit = GroupCommit(self.engine, clock=clock)
+        self.thread_engine = _sqlite_file_engine(url)
+        self.group_commit = GroupCommit(self.engine, thread_engine=self.thread_engine, clock=clock)
 
     async def ping(self) -> bool:
         try:

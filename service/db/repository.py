@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import CardShown, FeedbackItem, HookCall, SeenJti, Suppression
 
@@ -185,8 +185,12 @@ _INSERT_HOOK_CALLS = insert(HookCall).returning(HookCall.id, sort_by_parameter_o
 _INSERT_CARDS = insert(CardShown)
 
 
-async def claim_jtis(
-    connection: AsyncConnection, claims: Sequence[tuple[str, str, datetime]], now: datetime
+# The three statements of the group-commit writer (service/db/batch.py) take a sync connection:
+# the writer runs a whole round in one go (in its thread on SQLite, ``run_sync`` on PostgreSQL).
+
+
+def claim_jtis(
+    connection: Connection, claims: Sequence[tuple[str, str, datetime]], now: datetime
 ) -> set[tuple[str, str]]:
     """Insert ``(iss, jti, expires_at)`` rows; returns the pairs this statement claimed first.
 
@@ -195,22 +199,22 @@ async def claim_jtis(
     """
     if not claims:
         return set()
-    result = await connection.execute(
+    result = connection.execute(
         _CLAIM[connection.dialect.name],
         [{"iss": i, "jti": j, "expires_at": e, "now": now} for i, j, e in claims],
     )
     return {(row[0], row[1]) for row in result}
 
 
-async def holds_for_patients(
-    connection: AsyncConnection, patient_ids: Sequence[str], keys: Sequence[str]
+def holds_for_patients(
+    connection: Connection, patient_ids: Sequence[str], keys: Sequence[str]
 ) -> HoldRows:
     """The latest feedback on these rule keys of these patients, per scope: a primary-key range
     read of the ``suppression`` table, never the patient's card history."""
     found: HoldRows = {}
     if not patient_ids or not keys:
         return found
-    rows = await connection.execute(
+    rows = connection.execute(
         _HOLDS_FOR_PATIENTS, {"patients": list(patient_ids), "keys": list(keys)}
     )
     for row in rows:
@@ -220,11 +224,11 @@ async def holds_for_patients(
     return found
 
 
-async def insert_audits(connection: AsyncConnection, audits: Sequence[AuditRecord]) -> None:
+def insert_audits(connection: Connection, audits: Sequence[AuditRecord]) -> None:
     """Audit rows and their card rows for many calls, two statements in all."""
     if not audits:
         return
-    result = await connection.execute(
+    result = connection.execute(
         _INSERT_HOOK_CALLS,
         [
             {
@@ -259,7 +263,7 @@ async def insert_audits(connection: AsyncConnection, audits: Sequence[AuditRecor
         for card in audit.cards
     ]
     if cards:
-        await connection.execute(_INSERT_CARDS, cards)
+        connection.execute(_INSERT_CARDS, cards)
 
 
 # --- retention (``sleep-cds purge``) -----------------------------------------------------------

@@ -375,12 +375,16 @@ def test_8_the_suppression_lookup_never_reads_the_card_history(
     def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement)
 
-    engine = two_ehrs.app.state.context.db.engine.sync_engine  # type: ignore[attr-defined]
-    event.listen(engine, "before_cursor_execute", seen)
+    db = two_ehrs.app.state.context.db  # type: ignore[attr-defined]
+    # The group-commit writer runs on its own engine on SQLite (service/db/batch.py).
+    engines = [db.engine.sync_engine, *([db.thread_engine] if db.thread_engine else [])]
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", seen)
     try:
         assert "lab-check" not in view(two_ehrs, A, "p1")
     finally:
-        event.remove(engine, "before_cursor_execute", seen)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", seen)
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert any("suppression" in s for s in reads), statements
     assert not any("card_shown" in s or "feedback_item" in s for s in reads), reads

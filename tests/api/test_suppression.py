@@ -138,7 +138,7 @@ def test_suppression_fails_open_when_feedback_cannot_be_read(
         override(client, card, "already-addressed", clock)
         assert topic(call(client, [RLS], [LOW]), "lab-check") is None
 
-        async def broken(*args: Any, **kwargs: Any) -> Any:
+        def broken(*args: Any, **kwargs: Any) -> Any:
             raise ConnectionError("database down")
 
         from service.db import repository

@@ -66,8 +66,8 @@ def test_purge_keeps_recent_rows_and_holds_in_force(
         db = Database(database_url)
         try:
             async with db.engine.begin() as connection:
-                await repository.insert_audits(
-                    connection, [audit("p1", "old", 500), audit("p1", "new", 10)]
+                await connection.run_sync(
+                    repository.insert_audits, [audit("p1", "old", 500), audit("p1", "new", 10)]
                 )
             items = [
                 FeedbackRecord(
