@@ -30,7 +30,10 @@ from service.api.problems import operation_outcome
 from service.api.responses import json_response
 from service.cdshooks.models import is_fhir_id
 from service.config import Settings
-from service.engine.pipeline import HookCall, render_query
+from service.engine.fhir_json import Resource, resource_of
+from service.engine.pipeline import HookCall, render_query, unresolved_medication_refs
+from service.engine.reader import concept_of, medication_concept, parse_date
+from service.engine.record import age_on
 from service.errors import AuthenticationFailed, InvalidRequest, UnknownService
 from service.knowledge.base import KnowledgeBase
 from service.security import check_fhir_server
@@ -173,24 +176,19 @@ async def console_chart(
     unavailable = sorted(
         f"{key}: {result.reason}" for key, result in results.items() if not result.ok
     )
-    med_requests = ok("medicationRequests")
-    med_statements = ok("medicationStatements")
-    refs = [
-        ref
-        for med in med_requests + med_statements
-        if isinstance(ref := (med.get("medicationReference") or {}).get("reference"), str)
-    ]
+    meds = [resource_of(r) for r in ok("medicationRequests") + ok("medicationStatements")]
+    refs = unresolved_medication_refs(meds)  # as the hook path: only what nobody sent
     fetcher = context.pipeline.fetcher
     assert fetcher is not None  # _fetch refused the call otherwise
-    medications = (
-        await fetcher.read_references(base, refs, None, settings.fhir_deadline_s) if refs else {}
-    )
+    if refs:
+        read = await fetcher.read_references(base, refs, None, settings.fhir_deadline_s)
+        meds += [resource_of(r) for r in read.values()]
     return _json(
         {
             "fhirServer": base,
             "patient": _patient_summary(patient_result.resources[0], context.clock().date()),
             "problems": _problems(ok("conditions")),
-            "medications": _medications(med_requests + med_statements, medications),
+            "medications": _medications(meds),
             "labs": _labs(kb, ok("observations")),
             "findings": _findings(ok("symptoms")),
             "unavailable": unavailable,
@@ -245,6 +243,11 @@ def _unreachable(base: str, reason: str | None) -> Response:
 
 
 # --- summaries (plain data; the page renders every value as text) -----------------------------
+# Codes, labels, ages and medicines are read as the engine reads them (``engine/reader.py``), so
+# the chart names things as the cards do; only what the rules never read (names, identifiers,
+# dosage text, display dates) is taken from the JSON here.
+
+_UNREADABLE = (TypeError, ValueError, AttributeError)
 
 
 def _text(value: Any) -> str | None:
@@ -256,42 +259,20 @@ def _day(value: Any) -> str | None:
     return text[:10] if text else None
 
 
-def _concept(value: Any) -> str | None:
-    """What a clinician would call it: the text, else the first display, else system|code."""
-    if not isinstance(value, dict):
-        return None
-    if text := _text(value.get("text")):
-        return text
-    codings = [c for c in value.get("coding") or [] if isinstance(c, dict)]
-    for coding in codings:
-        if display := _text(coding.get("display")):
-            return display
-    for coding in codings:
-        if code := _text(coding.get("code")):
-            return code
-    return None
+def _label(value: object) -> str | None:
+    """What a clinician would call a CodeableConcept (slim struct): ``concept_of``'s label."""
+    concept = concept_of(value)
+    return concept.label if concept is not None else None
 
 
-def _codings(value: Any) -> list[tuple[str, str]]:
-    if not isinstance(value, dict):
-        return []
-    return [
-        (c["system"], c["code"])
-        for c in value.get("coding") or []
-        if isinstance(c, dict)
-        and isinstance(c.get("system"), str)
-        and isinstance(c.get("code"), str)
-    ]
-
-
-def _age(birth: str | None, today: date) -> int | None:
-    if not birth or len(birth) < 10:
-        return None
-    try:
-        born = date.fromisoformat(birth[:10])
-    except ValueError:
-        return None
-    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+def _slim(resources: list[dict[str, Any]], kind: str) -> list[tuple[dict[str, Any], Resource]]:
+    """Each ``kind`` resource with its slim struct (the engine's reading of it)."""
+    pairs = []
+    for raw in resources:
+        resource = resource_of(raw)
+        if isinstance(resource, Resource) and resource.resourceType == kind:
+            pairs.append((raw, resource))
+    return pairs
 
 
 def _patient_summary(patient: dict[str, Any], today: date) -> dict[str, Any]:
@@ -302,13 +283,13 @@ def _patient_summary(patient: dict[str, Any], today: date) -> dict[str, Any]:
         parts.append(family)
     name = _text(official.get("text")) or " ".join(parts) or str(patient.get("id", "?"))
     identifiers = [i for i in patient.get("identifier") or [] if isinstance(i, dict)]
-    birth = _day(patient.get("birthDate"))
+    born = parse_date(patient.get("birthDate"))
     return {
         "id": str(patient.get("id", "")),
         "name": name,
         "gender": _text(patient.get("gender")),
-        "birthDate": birth,
-        "age": _age(birth, today),
+        "birthDate": _day(patient.get("birthDate")),
+        "age": age_on(born, today) if born is not None else None,
         "mrn": next((i["value"] for i in identifiers if _text(i.get("value"))), None),
     }
 
@@ -316,70 +297,71 @@ def _patient_summary(patient: dict[str, Any], today: date) -> dict[str, Any]:
 def _problems(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = [
         {
-            "text": _concept(c.get("code")) or "(unnamed condition)",
-            "onset": _day(c.get("onsetDateTime"))
-            or _day((c.get("onsetPeriod") or {}).get("start"))
-            or _day(c.get("recordedDate")),
-            "status": _concept(c.get("clinicalStatus")),
+            "text": _label(c.code) or "(unnamed condition)",
+            "onset": _day(raw.get("onsetDateTime"))
+            or _day((raw.get("onsetPeriod") or {}).get("start"))
+            or _day(raw.get("recordedDate")),
+            "status": _label(c.clinicalStatus),
         }
-        for c in conditions
-        if c.get("resourceType") == "Condition"
+        for raw, c in _slim(conditions, "Condition")
     ]
     return sorted(rows, key=lambda r: r["onset"] or "", reverse=True)
 
 
-def _medications(
-    meds: list[dict[str, Any]], referenced: dict[str, dict[str, Any]]
-) -> list[dict[str, Any]]:
+def _medication_name(med: Resource, medications: dict[str, Resource]) -> str:
+    try:
+        concept = medication_concept(med, medications)
+    except _UNREADABLE:  # the record reader skips such an order too
+        concept = None
+    return concept.label if concept is not None else "(unnamed medication)"
+
+
+def _medications(resources: list[object]) -> list[dict[str, Any]]:
+    """Orders and statements, each named by its drug: coded, contained, sent or read Medication."""
+    slim = [r for r in resources if isinstance(r, Resource)]
+    medications = {f"Medication/{r.id}": r for r in slim if r.resourceType == "Medication"}
     rows = []
-    for med in meds:
-        if med.get("resourceType") not in ("MedicationRequest", "MedicationStatement"):
+    for med in slim:
+        if med.resourceType not in ("MedicationRequest", "MedicationStatement"):
             continue
-        reference = med.get("medicationReference") or {}
-        target = referenced.get(str(reference.get("reference")))
-        text = (
-            _concept(med.get("medicationCodeableConcept"))
-            or (_concept(target.get("code")) if target else None)
-            or _text(reference.get("display"))
-            or "(unnamed medication)"
-        )
+        dosages = med.dosageInstruction or med.dosage
         dosage = next(
             (
                 d["text"]
-                for d in med.get("dosageInstruction") or med.get("dosage") or []
+                for d in (dosages if isinstance(dosages, list) else [])
                 if isinstance(d, dict) and _text(d.get("text"))
             ),
             None,
         )
         rows.append(
             {
-                "text": text,
-                "status": _text(med.get("status")),
-                "date": _day(med.get("authoredOn"))
-                or _day(med.get("effectiveDateTime"))
-                or _day(med.get("dateAsserted")),
+                "text": _medication_name(med, medications),
+                "status": _text(med.status),
+                "date": _day(med.authoredOn)
+                or _day(med.effectiveDateTime)
+                or _day(med.dateAsserted),
                 "dosage": dosage,
-                "kind": "statement" if med["resourceType"] == "MedicationStatement" else "order",
+                "kind": "statement" if med.resourceType == "MedicationStatement" else "order",
             }
         )
     return sorted(rows, key=lambda r: r["text"].lower())
 
 
-def _value(obs: dict[str, Any]) -> str | None:
-    quantity = obs.get("valueQuantity")
+def _value(raw: dict[str, Any], obs: Resource) -> str | None:
+    quantity = raw.get("valueQuantity")
     if isinstance(quantity, dict) and isinstance(quantity.get("value"), int | float):
         number = quantity["value"]
         shown = f"{number:g}" if isinstance(number, float) else str(number)
         unit = _text(quantity.get("unit")) or _text(quantity.get("code"))
         comparator = _text(quantity.get("comparator")) or ""
         return f"{comparator}{shown} {unit}" if unit else f"{comparator}{shown}"
-    if concept := _concept(obs.get("valueCodeableConcept")):
+    if concept := _label(obs.valueCodeableConcept):
         return concept
-    if isinstance(obs.get("valueBoolean"), bool):
-        return "yes" if obs["valueBoolean"] else "no"
-    if isinstance(obs.get("valueInteger"), int):
-        return str(obs["valueInteger"])
-    return _text(obs.get("valueString"))
+    if isinstance(raw.get("valueBoolean"), bool):
+        return "yes" if raw["valueBoolean"] else "no"
+    if isinstance(raw.get("valueInteger"), int):
+        return str(raw["valueInteger"])
+    return _text(raw.get("valueString"))
 
 
 def _when(obs: dict[str, Any]) -> str | None:
@@ -390,10 +372,12 @@ def _when(obs: dict[str, Any]) -> str | None:
     )
 
 
-def _flag(obs: dict[str, Any]) -> str | None:
+def _flag(obs: Resource) -> str | None:
     flags = []
-    for concept in obs.get("interpretation") or []:
-        for system, code in _codings(concept):
+    interpretation = obs.interpretation
+    for item in interpretation if isinstance(interpretation, list) else []:
+        concept = concept_of(item)
+        for system, code in concept.codings if concept is not None else ():
             if system.endswith("v3-ObservationInterpretation") and code not in ("N", "NEG"):
                 flags.append(code)
     return ", ".join(flags) or None
@@ -402,17 +386,17 @@ def _flag(obs: dict[str, Any]) -> str | None:
 def _labs(kb: KnowledgeBase, observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     names = {key: kb.analytes[name].display for key, name in kb.analyte_by_code.items()}
     rows = []
-    for obs in observations:
-        if obs.get("resourceType") != "Observation":
-            continue
-        known = next((names[k] for k in _codings(obs.get("code")) if k in names), None)
+    for raw, obs in _slim(observations, "Observation"):
+        concept = concept_of(obs.code)
+        codings = concept.codings if concept is not None else ()
+        known = next((names[k] for k in codings if k in names), None)
         rows.append(
             {
-                "name": known or _concept(obs.get("code")) or "(unnamed result)",
-                "value": _value(obs) or "(no value)",
-                "date": _when(obs),
+                "name": known or (concept.label if concept is not None else "(unnamed result)"),
+                "value": _value(raw, obs) or "(no value)",
+                "date": _when(raw),
                 "flag": _flag(obs),
-                "status": _text(obs.get("status")),
+                "status": _text(obs.status),
             }
         )
     return sorted(rows, key=lambda r: (r["date"] or "", r["name"]), reverse=True)
@@ -421,11 +405,10 @@ def _labs(kb: KnowledgeBase, observations: list[dict[str, Any]]) -> list[dict[st
 def _findings(observations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = [
         {
-            "text": _concept(obs.get("code")) or "(unnamed finding)",
-            "value": _value(obs),
-            "date": _when(obs),
+            "text": _label(obs.code) or "(unnamed finding)",
+            "value": _value(raw, obs),
+            "date": _when(raw),
         }
-        for obs in observations
-        if obs.get("resourceType") == "Observation"
+        for raw, obs in _slim(observations, "Observation")
     ]
     return sorted(rows, key=lambda r: r["date"] or "", reverse=True)

@@ -116,7 +116,7 @@ def _medication_targets(resources: list[Any]) -> tuple[set[str], list[tuple[Reso
     return have, targets
 
 
-def _unresolved_medication_refs(resources: list[Any]) -> list[str]:
+def unresolved_medication_refs(resources: list[Any]) -> list[str]:
     """Relative ``Medication/id`` references whose Medication nobody sent: these may be read."""
     have, targets = _medication_targets(resources)
     return sorted(
@@ -235,7 +235,7 @@ class HookPipeline:
         self, call: HookCall, resources: list[Any], deadline_s: float
     ) -> list[object]:
         """Fetch the Medications that MedicationRequest/Statement reference but nobody sent."""
-        pending = _unresolved_medication_refs(resources)
+        pending = unresolved_medication_refs(resources)
         if not pending or not call.fhir_server or self.fetcher is None or deadline_s <= 0.05:
             return []
         resolved = await self.fetcher.read_references(

@@ -635,38 +635,6 @@ class RecordReader:
 
     # Medications -----------------------------------------------------------------------------
 
-    def _medication_concept(
-        self, resource: Resource, medications: Mapping[str, Resource]
-    ) -> Concept | None:
-        concept = concept_of(resource.medicationCodeableConcept)
-        if concept is not None:
-            return concept
-        reference = resource.medicationReference
-        target = reference.reference if isinstance(reference, Reference) else None
-        medication: object = None
-        if isinstance(target, str) and target.startswith("#"):
-            for contained in resource.contained or []:  # type: ignore[union-attr]
-                if isinstance(contained, Resource) and contained.id == target[1:]:
-                    medication = contained
-        elif isinstance(target, str):
-            medication = medications.get(target) or medications.get(
-                "/".join(target.rstrip("/").split("/")[-2:])
-            )
-        if isinstance(reference, Reference):
-            fallback = _text_concept(reference.display)
-        elif reference:
-            raise AttributeError("medicationReference is not an object")
-        else:
-            fallback = None
-        if not isinstance(medication, Resource):
-            return fallback
-        ingredients = [
-            concept_of(item.itemCodeableConcept)
-            for item in medication.ingredient or []  # type: ignore[union-attr]
-            if isinstance(item, Ingredient)
-        ]
-        return _merge([concept_of(medication.code), *ingredients, fallback])
-
     def _medication(
         self, record: PatientRecord, resource: Resource, medications: Mapping[str, Resource]
     ) -> None:
@@ -690,7 +658,7 @@ class RecordReader:
             )
             if completed and isinstance(period, Period):
                 ended = parse_date(period.end)
-        concept = self._medication_concept(resource, medications)
+        concept = medication_concept(resource, medications)
         if concept is None:
             record.skipped += 1
             return
@@ -731,7 +699,7 @@ class RecordReader:
             return
         kind = str(_kind(resource))
         if kind in ("MedicationRequest", "MedicationStatement"):
-            concept = self._medication_concept(resource, medications)
+            concept = medication_concept(resource, medications)
         else:
             concept = concept_of(resource.code)
         if concept is None:
@@ -835,6 +803,40 @@ _COUNT_UNITS = frozenset(
 _PER_DAY = {"h": 24.0, "d": 1.0, "wk": 1 / 7, "mo": 1 / 30}
 _STRENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*mg\b")
 _MAX_DOSAGES = 6
+
+
+def medication_concept(resource: Resource, medications: Mapping[str, Resource]) -> Concept | None:
+    """The drug a MedicationRequest/Statement names: its code, else the contained, sent or read
+    Medication it references (code and ingredients), else the reference's display. Raises one of
+    ``_UNREADABLE`` for a malformed reference (the reader skips such an order)."""
+    concept = concept_of(resource.medicationCodeableConcept)
+    if concept is not None:
+        return concept
+    reference = resource.medicationReference
+    target = reference.reference if isinstance(reference, Reference) else None
+    medication: object = None
+    if isinstance(target, str) and target.startswith("#"):
+        for contained in resource.contained or []:  # type: ignore[union-attr]
+            if isinstance(contained, Resource) and contained.id == target[1:]:
+                medication = contained
+    elif isinstance(target, str):
+        medication = medications.get(target) or medications.get(
+            "/".join(target.rstrip("/").split("/")[-2:])
+        )
+    if isinstance(reference, Reference):
+        fallback = _text_concept(reference.display)
+    elif reference:
+        raise AttributeError("medicationReference is not an object")
+    else:
+        fallback = None
+    if not isinstance(medication, Resource):
+        return fallback
+    ingredients = [
+        concept_of(item.itemCodeableConcept)
+        for item in medication.ingredient or []  # type: ignore[union-attr]
+        if isinstance(item, Ingredient)
+    ]
+    return _merge([concept_of(medication.code), *ingredients, fallback])
 
 
 def daily_mg(dosages: object, concept: Concept) -> float | None:

@@ -120,7 +120,9 @@ class PatientRecord:
 
     @property
     def age_years(self) -> int | None:
-        if self.birth_date is None:
-            return None
-        born, today = self.birth_date, self.as_of
-        return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+        return None if self.birth_date is None else age_on(self.birth_date, self.as_of)
+
+
+def age_on(born: date, today: date) -> int:
+    """Whole years from ``born`` to ``today`` (the rules' age and the console's)."""
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
