@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -73,7 +74,7 @@ class IssuedCards:
 class RateLimit:
     """Feedback items per issuer per minute (token bucket, per process)."""
 
-    def __init__(self, per_minute: int, clock: Any = time.monotonic) -> None:
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._rate = per_minute / 60.0
         self._burst = float(per_minute)
         self._clock = clock
