@@ -17,6 +17,7 @@ from service.engine.fhir_json import UNSET, Reference, Resource, resource_of
 from service.engine.prefetch import (
     KEY_CATEGORY,
     OPTIONAL_CATEGORIES,
+    PrefetchRead,
     fill_template,
     read_prefetch,
     templates_for,
@@ -154,49 +155,11 @@ class HookPipeline:
         started = time.monotonic()
         templates = self.templates[call.hook]
         prefetched = read_prefetch(templates, call.prefetch)
-        to_fetch = list(prefetched.missing)
-        if call.fhir_server:
-            to_fetch += [k for k in prefetched.paged if k not in to_fetch]
         resources = list(prefetched.resources)
         unavailable: set[str] = set()
-        fetches: dict[str, str] = {}
-        fetch_ms: dict[str, float] = {}
-        if to_fetch and not (call.fhir_server and self.fetcher is not None):
-            # Optional data (a study already done) never fails the call: it is marked unreadable.
-            optional = [k for k in to_fetch if KEY_CATEGORY[k] in OPTIONAL_CATEGORIES]
-            unavailable.update(KEY_CATEGORY[k] for k in optional)
-            to_fetch = [k for k in to_fetch if k not in optional]
-        if to_fetch:
-            if not call.fhir_server or self.fetcher is None:
-                raise PrefetchUnavailable(
-                    "Prefetch keys absent and no fhirServer to fetch them from: "
-                    + ", ".join(sorted(to_fetch))
-                )
-            fetched = await self._fetch(call, {k: templates[k] for k in to_fetch}, self.deadline_s)
-            for key in to_fetch:
-                result = fetched.get(key)
-                if result is not None and result.ok:
-                    resources.extend(map(resource_of, result.resources))
-                    fetches[key] = "ok"
-                else:
-                    fetches[key] = (result.reason if result is not None else None) or "timeout"
-                    if key not in prefetched.paged:
-                        unavailable.add(KEY_CATEGORY[key])
-            for key in to_fetch:
-                elapsed_ms = getattr(fetched.get(key), "elapsed_ms", None)
-                if isinstance(elapsed_ms, int | float):
-                    fetch_ms[key] = float(elapsed_ms)
-            if (
-                all(status != "ok" for status in fetches.values())
-                and not prefetched.resources
-                and (len(prefetched.missing) == len(templates))
-            ):
-                raise PrefetchUnavailable(
-                    "None of the data the service needs could be obtained from the FHIR server: "
-                    + ", ".join(f"{k} ({v})" for k, v in sorted(fetches.items())),
-                    fetches=fetches,
-                    fetch_ms=fetch_ms,
-                )
+        fetches, fetch_ms = await self._fetch_missing(
+            call, templates, prefetched, resources, unavailable
+        )
         remaining = self.deadline_s - (time.monotonic() - started)
         resources.extend(await self._resolve_medications(call, resources, remaining))
         if _unreadable_medications(resources):
@@ -223,6 +186,59 @@ class HookPipeline:
             fetches=fetches,
             fetch_ms=fetch_ms,
         )
+
+    async def _fetch_missing(
+        self,
+        call: HookCall,
+        templates: dict[str, str],
+        prefetched: PrefetchRead,
+        resources: list[Any],
+        unavailable: set[str],
+    ) -> tuple[dict[str, str], dict[str, float]]:
+        """Fetch what the prefetch lacks (adding to ``resources`` and ``unavailable``); the
+        status and time of each fetch. Raises when nothing needed can be had."""
+        to_fetch = list(prefetched.missing)
+        if call.fhir_server:
+            to_fetch += [k for k in prefetched.paged if k not in to_fetch]
+        fetches: dict[str, str] = {}
+        fetch_ms: dict[str, float] = {}
+        if to_fetch and not (call.fhir_server and self.fetcher is not None):
+            # Optional data (a study already done) never fails the call: it is marked unreadable.
+            optional = [k for k in to_fetch if KEY_CATEGORY[k] in OPTIONAL_CATEGORIES]
+            unavailable.update(KEY_CATEGORY[k] for k in optional)
+            to_fetch = [k for k in to_fetch if k not in optional]
+        if not to_fetch:
+            return fetches, fetch_ms
+        if not call.fhir_server or self.fetcher is None:
+            raise PrefetchUnavailable(
+                "Prefetch keys absent and no fhirServer to fetch them from: "
+                + ", ".join(sorted(to_fetch))
+            )
+        fetched = await self._fetch(call, {k: templates[k] for k in to_fetch}, self.deadline_s)
+        for key in to_fetch:
+            result = fetched.get(key)
+            if result is not None and result.ok:
+                resources.extend(map(resource_of, result.resources))
+                fetches[key] = "ok"
+            else:
+                fetches[key] = (result.reason if result is not None else None) or "timeout"
+                if key not in prefetched.paged:
+                    unavailable.add(KEY_CATEGORY[key])
+            elapsed_ms = getattr(result, "elapsed_ms", None)
+            if isinstance(elapsed_ms, int | float):
+                fetch_ms[key] = float(elapsed_ms)
+        if (
+            all(status != "ok" for status in fetches.values())
+            and not prefetched.resources
+            and (len(prefetched.missing) == len(templates))
+        ):
+            raise PrefetchUnavailable(
+                "None of the data the service needs could be obtained from the FHIR server: "
+                + ", ".join(f"{k} ({v})" for k, v in sorted(fetches.items())),
+                fetches=fetches,
+                fetch_ms=fetch_ms,
+            )
+        return fetches, fetch_ms
 
     async def _fetch(
         self, call: HookCall, templates: dict[str, str], deadline_s: float

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Literal
 
+from service.knowledge.schema import FindingKind
 from service.knowledge.valuesets import CodeKey
-
-FindingKind = Literal["condition", "observation", "journal"]
 
 
 @dataclass(frozen=True, slots=True)
