@@ -31,8 +31,9 @@ from service.api.responses import json_response
 from service.cdshooks.models import is_fhir_id
 from service.config import Settings
 from service.engine.fhir_json import Resource, resource_of
+from service.engine.fhir_values import concept_of, parse_date
 from service.engine.pipeline import HookCall, render_query, unresolved_medication_refs
-from service.engine.reader import concept_of, medication_concept, parse_date
+from service.engine.reader import medication_concept
 from service.engine.record import age_on
 from service.errors import AuthenticationFailed, InvalidRequest, UnknownService
 from service.knowledge.base import KnowledgeBase

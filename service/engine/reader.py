@@ -13,8 +13,9 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import date
 from operator import attrgetter
-from typing import Any, Literal
+from typing import Literal
 
+from service.engine.dosage import bounds_end, daily_mg
 from service.engine.fhir_json import (
     UNSET,
     CodeableConcept,
@@ -27,6 +28,21 @@ from service.engine.fhir_json import (
     Resource,
     resource_of,
 )
+from service.engine.fhir_values import (
+    analyte_of,
+    codes_of,
+    concept_of,
+    merge_concepts,
+    number_of,
+    parse_date,
+    period_start,
+    resource_kind,
+    resource_ref,
+    status_code_of,
+    text_concept,
+    value_of,
+)
+from service.engine.journal_answers import questionnaire_answers
 from service.engine.record import (
     Concept,
     DraftOrder,
@@ -39,7 +55,6 @@ from service.engine.record import (
     ProcedureEvent,
 )
 from service.knowledge.base import CODESYSTEM_URL, KnowledgeBase
-from service.knowledge.valuesets import CodeKey
 
 USABLE_OBSERVATION_STATUS = frozenset({"final", "amended", "corrected"})
 REPORTED_OBSERVATION_STATUS = USABLE_OBSERVATION_STATUS | {"preliminary", "registered"}
@@ -59,183 +74,15 @@ DONE_REPORT_STATUS = frozenset(
     {"partial", "preliminary", "final", "amended", "corrected", "appended"}
 )
 UCUM = "http://unitsofmeasure.org"
-MAX_ITEM_DEPTH = 8
 # Clause boundaries for negation scope: punctuation, a spaced dash, and the " | " joining the
 # text and the displays of one concept.
 _CLAUSE = re.compile(r"[.,;:()\[\]|]| - | \u2013 ")
 _COMPARATORS = (None, "<", "<=", ">", ">=")
 _UNREADABLE = (TypeError, ValueError, AttributeError, KeyError, IndexError)
 
-# --- primitives -------------------------------------------------------------------------------
-
-_from_iso = date.fromisoformat
-_ONLY_VALUE = {
-    "valueBoolean": "bool",
-    "valueInteger": "number",
-    "valueDecimal": "number",
-    "valueDate": "text",
-    "valueDateTime": "text",
-    "valueTime": "text",
-    "valueString": "text",
-}
-_INF = float("inf")
 _WHEN = attrgetter("when")
 _NIGHT = attrgetter("night")
 _NO_FLAGS: frozenset[str] = frozenset()
-
-
-def parse_date(value: object) -> date | None:
-    """FHIR date/dateTime/instant → date (partial dates to their first day); None if unreadable."""
-    if not isinstance(value, str) or len(value) < 4:
-        return None
-    if len(value) >= 10 and value[4] == "-" and value[7] == "-":
-        # The usual YYYY-MM-DD: one C call. With these two dashes ISO accepts nothing else, so a
-        # date it returns is the one the field-by-field parse below gives.
-        try:
-            return _from_iso(value[:10])
-        except ValueError:
-            pass  # not plain digits: the lenient parse below decides
-    try:
-        year = int(value[0:4])
-        month = int(value[5:7]) if len(value) >= 7 else 1
-        day = int(value[8:10]) if len(value) >= 10 else 1
-        return date(year, month, day)
-    except ValueError:
-        return None
-
-
-def concept_of(value: object) -> Concept | None:
-    """A CodeableConcept → Concept; None when it carries neither codes nor text."""
-    if not isinstance(value, CodeableConcept):
-        return None
-    codings: list[CodeKey] = []
-    words: list[str] = []
-    label = ""
-    raw_codings = value.coding
-    if isinstance(raw_codings, list):
-        for coding in raw_codings:
-            if not isinstance(coding, Coding):
-                continue
-            system, code, display = coding.system, coding.code, coding.display
-            if isinstance(code, str) and isinstance(system, str):
-                codings.append((system, code))
-            if isinstance(display, str) and display:
-                words.append(display)
-                label = label or display
-            elif not label and isinstance(code, str):
-                label = code
-    return _concept(codings, words, label, value.text)
-
-
-def _concept(codings: list[CodeKey], words: list[str], label: str, text: object) -> Concept | None:
-    if isinstance(text, str) and text:
-        words.append(text)
-        label = text
-    if not codings and not words:
-        return None
-    return Concept(tuple(codings), " | ".join(words).lower(), label[:200])
-
-
-def _text_concept(text: object) -> Concept | None:
-    """A concept named only by text (a reference's ``display``)."""
-    return _concept([], [], "", text)
-
-
-def _analyte_of(value: object, by_code: Mapping[CodeKey, str]) -> tuple[str, str] | None:
-    """(analyte, label) when a CodeableConcept codes a lab analyte, else None.
-
-    The first coding in ``by_code`` names the analyte and the label is ``concept_of``'s, without
-    building the concept: a record's labs are most of its resources.
-    """
-    if not isinstance(value, CodeableConcept):
-        return None
-    raw_codings = value.coding
-    if not isinstance(raw_codings, list):
-        return None
-    analyte = None
-    label = ""
-    for coding in raw_codings:
-        if not isinstance(coding, Coding):
-            continue
-        code, display = coding.code, coding.display
-        if analyte is None and isinstance(code, str):
-            system = coding.system
-            if isinstance(system, str):
-                analyte = by_code.get((system, code))
-        if isinstance(display, str) and display:
-            label = label or display
-        elif not label and isinstance(code, str):
-            label = code
-    if analyte is None:
-        return None
-    text = value.text
-    if isinstance(text, str) and text:
-        label = text
-    return analyte, label[:200]
-
-
-def _merge(concepts: Iterable[Concept | None]) -> Concept | None:
-    present = [c for c in concepts if c is not None]
-    if not present:
-        return None
-    return Concept(
-        tuple(k for c in present for k in c.codings),
-        " | ".join(c.text for c in present),
-        present[0].label,
-    )
-
-
-def _codes(value: object) -> Iterable[str]:
-    """The ``code`` of each coding of a CodeableConcept."""
-    if isinstance(value, CodeableConcept) and isinstance(value.coding, list):
-        for coding in value.coding:
-            if isinstance(coding, Coding) and isinstance(coding.code, str):
-                yield coding.code
-
-
-def _json_codes(value: object) -> Iterable[str]:
-    """``_codes`` of a CodeableConcept inside an element kept as plain JSON (a dosage timing)."""
-    if isinstance(value, dict) and isinstance(value.get("coding"), list):
-        for coding in value["coding"]:
-            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-                yield coding["code"]
-
-
-def _status_code(value: object) -> str | None:
-    return next(iter(_codes(value)), None)
-
-
-def _kind(resource: Resource) -> Any:
-    """``resourceType`` as a dict's ``get`` gave it (None when absent)."""
-    kind = resource.resourceType
-    return None if kind is UNSET else kind
-
-
-def _ref(resource: Resource) -> str:
-    rid = resource.id
-    return f"{_kind(resource)}/{rid}" if isinstance(rid, str) else ""
-
-
-def _start(period: object) -> date | None:
-    return parse_date(period.start) if isinstance(period, Period) else None
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if number == number and abs(number) != _INF else None
-
-
-def _finite(value: float) -> float | None:
-    """``_number`` of an exact int or float."""
-    number = float(value)
-    return number if number == number and abs(number) != _INF else None
-
-
-def _value(raw: object) -> float | None:
-    """``_number``, with the common exact int or float taken without the type checks."""
-    return _finite(raw) if raw.__class__ is float or raw.__class__ is int else _number(raw)
 
 
 # --- the reader -------------------------------------------------------------------------------
@@ -317,7 +164,7 @@ class RecordReader:
             if not isinstance(resource, Resource):
                 record.skipped += 1
                 continue
-            kind = _kind(resource)
+            kind = resource_kind(resource)
             rid = resource.id
             ref = f"{kind}/{rid}" if isinstance(rid, str) else ""
             if ref:
@@ -370,7 +217,7 @@ class RecordReader:
         """The draft orders of an order hook (a Medication among them names an order's drug)."""
         draft_list = [resource_of(r) if r.__class__ is dict else r for r in drafts]
         draft_medications = {
-            _ref(r): r
+            resource_ref(r): r
             for r in draft_list
             if isinstance(r, Resource) and r.resourceType == "Medication"
         }
@@ -440,10 +287,10 @@ class RecordReader:
     # Condition -------------------------------------------------------------------------------
 
     def _condition(self, record: PatientRecord, resource: Resource) -> None:
-        verification = _status_code(resource.verificationStatus)
+        verification = status_code_of(resource.verificationStatus)
         if verification in EXCLUDED_VERIFICATION_STATUS:
             return
-        clinical = _status_code(resource.clinicalStatus)
+        clinical = status_code_of(resource.clinicalStatus)
         if clinical is not None and clinical not in ACTIVE_CONDITION_STATUS:
             return
         concept = self._codes_only(concept_of(resource.code))
@@ -452,14 +299,16 @@ class RecordReader:
             return
         when = (
             parse_date(resource.onsetDateTime)
-            or _start(resource.onsetPeriod)
+            or period_start(resource.onsetPeriod)
             or parse_date(resource.recordedDate)
         )
         # No clinical status (allowed for some encounter diagnoses): only a recent one counts.
         lookback = self.kb.policy.finding_lookback_days
         if clinical is None and (when is None or (record.as_of - when).days > lookback):
             return
-        record.findings.append(Finding("condition", _ref(resource), concept, when, clinical))
+        record.findings.append(
+            Finding("condition", resource_ref(resource), concept, when, clinical)
+        )
 
     # Procedures and studies ------------------------------------------------------------------
 
@@ -482,7 +331,7 @@ class RecordReader:
                 state = "ordered"
             else:
                 return
-            when = parse_date(resource.performedDateTime) or _start(resource.performedPeriod)
+            when = parse_date(resource.performedDateTime) or period_start(resource.performedPeriod)
         else:
             if status not in DONE_REPORT_STATUS:
                 return
@@ -499,7 +348,7 @@ class RecordReader:
     def _observation(self, record: PatientRecord, resource: Resource, ref: str) -> None:
         status = resource.status
         code = resource.code
-        found = _analyte_of(code, self.analyte_by_code)
+        found = analyte_of(code, self.analyte_by_code)
         if found is not None:
             analyte, label = found
             if status not in USABLE_OBSERVATION_STATUS:
@@ -533,7 +382,9 @@ class RecordReader:
             return
         when = self._effective(resource)
         # The value is part of the finding: LOINC "Pregnancy status" = SNOMED "Pregnant".
-        concept = self._codes_only(_merge([concept, concept_of(resource.valueCodeableConcept)]))
+        concept = self._codes_only(
+            merge_concepts([concept, concept_of(resource.valueCodeableConcept)])
+        )
         assert concept is not None
         record.findings.append(Finding("observation", ref, concept, when))
 
@@ -543,7 +394,7 @@ class RecordReader:
         if when is not None:
             return when
         return (
-            _start(resource.effectivePeriod)
+            period_start(resource.effectivePeriod)
             or parse_date(resource.effectiveInstant)
             or parse_date(resource.issued)
         )
@@ -558,16 +409,16 @@ class RecordReader:
                     raw = raw.value
                 elif isinstance(raw, dict):
                     raw = raw.get("value")
-                number = _number(raw)
+                number = number_of(raw)
                 return number is not None and number > 0
         absent = self.absent_codes
         value = resource.valueCodeableConcept
         if isinstance(value, CodeableConcept):
-            return not set(_codes(value)) & absent
+            return not set(codes_of(value)) & absent
         interpretation = resource.interpretation
         if isinstance(interpretation, list):
             for item in interpretation:
-                if set(_codes(item)) & absent:
+                if set(codes_of(item)) & absent:
                     return False
         return True
 
@@ -590,7 +441,7 @@ class RecordReader:
                 raw_unit = quantity.unit
         else:
             raw = resource.valueInteger
-        value = _value(raw)
+        value = value_of(raw)
         if value is None:
             return None
         conversions = self._conversions[analyte]
@@ -624,7 +475,7 @@ class RecordReader:
             for side, bound in enumerate((first.low, first.high)):
                 if not isinstance(bound, Quantity):
                     continue
-                number = _value(bound.value)
+                number = value_of(bound.value)
                 unit = bound.code or bound.unit or ""
                 if not isinstance(unit, str):
                     unit = ""
@@ -646,14 +497,14 @@ class RecordReader:
                 return
             started = parse_date(resource.authoredOn)
             if completed:
-                ended = _bounds_end(resource.dosageInstruction)
+                ended = bounds_end(resource.dosageInstruction)
         else:
             if status not in ACTIVE_STATEMENT_STATUS and not completed:
                 return
             period = resource.effectivePeriod
             started = (
                 parse_date(resource.effectiveDateTime)
-                or _start(period)
+                or period_start(period)
                 or parse_date(resource.dateAsserted)
             )
             if completed and isinstance(period, Period):
@@ -666,12 +517,14 @@ class RecordReader:
             # Only "given recently" conditions read these; they are never an active medicine.
             last = ended or started
             record.completed_medications.append(
-                MedicationUse(_ref(resource), concept, started, last)
+                MedicationUse(resource_ref(resource), concept, started, last)
             )
             return
         dosages = resource.dosageInstruction if kind == "MedicationRequest" else resource.dosage
         record.medications.append(
-            MedicationUse(_ref(resource), concept, started, daily_mg=daily_mg(dosages, concept))
+            MedicationUse(
+                resource_ref(resource), concept, started, daily_mg=daily_mg(dosages, concept)
+            )
         )
         # The indication of an active medicine is a condition the patient has: Tylenol PM
         # "for restless legs" (the FHIR MedicationStatement example) documents RLS.
@@ -681,7 +534,7 @@ class RecordReader:
                 indication = self._codes_only(concept_of(reason))
                 if indication is not None:
                     record.findings.append(
-                        Finding("condition", _ref(resource), indication, started)
+                        Finding("condition", resource_ref(resource), indication, started)
                     )
 
     def _draft(
@@ -694,10 +547,10 @@ class RecordReader:
         if not isinstance(resource, Resource):
             record.skipped += 1
             return
-        ref = _ref(resource)
+        ref = resource_ref(resource)
         if selections is not None and ref not in selections:
             return
-        kind = str(_kind(resource))
+        kind = str(resource_kind(resource))
         if kind in ("MedicationRequest", "MedicationStatement"):
             concept = medication_concept(resource, medications)
         else:
@@ -716,12 +569,12 @@ class RecordReader:
         if resource.status not in COMPLETED_JOURNAL_STATUS:
             return
         answers: dict[str, bool | float | str] = {}
-        _answers(resource.item, answers, 0)
+        questionnaire_answers(resource.item, answers, 0)
         night = parse_date(answers.get("night-date")) or parse_date(resource.authored)
         if night is None:
             record.skipped += 1
             return
-        ref = _ref(resource)
+        ref = resource_ref(resource)
         authored = str(resource.authored or "")
         record.nights.append(JournalNight(ref, night, answers, authored))
         # Codes only: "tingling-numbness" must not match a "numbness" synonym.
@@ -749,62 +602,6 @@ def _flags(interpretation: object) -> frozenset[str]:
     return frozenset(flags)
 
 
-def _answers(items: object, out: dict[str, bool | float | str], depth: int) -> None:
-    """The answers of questionnaire items (plain JSON), by linkId, nested items included."""
-    if not isinstance(items, list) or depth > MAX_ITEM_DEPTH:
-        return
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        link_id = item.get("linkId")
-        answers = item.get("answer")
-        if isinstance(link_id, str) and isinstance(answers, list) and answers:
-            first = answers[0]
-            if isinstance(first, dict):
-                value = _first_answer_value(first)
-                if value is not None:
-                    out[link_id] = value
-                if len(answers) == 1:
-                    if "item" in first:
-                        _answers(first["item"], out, depth + 1)
-                else:
-                    for answer in answers:
-                        if isinstance(answer, dict) and "item" in answer:
-                            _answers(answer["item"], out, depth + 1)
-        if "item" in item:  # most items have no children: skip the call
-            _answers(item["item"], out, depth + 1)
-
-
-def _first_answer_value(first: dict[str, Any]) -> bool | float | str | None:
-    if len(first) != 1:
-        return _answer_value(first)
-    # The usual answer: one value[x] and nothing else (``_answer_value``).
-    ((key, raw),) = first.items()
-    kind = _ONLY_VALUE.get(key)
-    if kind == "bool":
-        return raw if raw is True or raw is False else None
-    if kind == "number":
-        return _value(raw)
-    if kind == "text":
-        return str(raw) if isinstance(raw, str) else None
-    return _answer_value(first)
-
-
-# Dose units: UCUM codes and common spellings → mg. Counts (tablet, capsule) use the strength in
-# the product name ("gabapentin 300 MG Oral Capsule"). FHIR/UCUM unit semantics, not clinical
-# knowledge.
-_MASS_MG = {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001, "µg": 0.001}
-_COUNT_UNITS = frozenset(
-    [
-        *("1", "{tbl}", "{tablet}", "tablet", "tablets", "tab"),
-        *("{capsule}", "capsule", "capsules", "cap"),
-    ]
-)
-_PER_DAY = {"h": 24.0, "d": 1.0, "wk": 1 / 7, "mo": 1 / 30}
-_STRENGTH = re.compile(r"(\d+(?:\.\d+)?)\s*mg\b")
-_MAX_DOSAGES = 6
-
-
 def medication_concept(resource: Resource, medications: Mapping[str, Resource]) -> Concept | None:
     """The drug a MedicationRequest/Statement names: its code, else the contained, sent or read
     Medication it references (code and ingredients), else the reference's display. Raises one of
@@ -824,7 +621,7 @@ def medication_concept(resource: Resource, medications: Mapping[str, Resource]) 
             "/".join(target.rstrip("/").split("/")[-2:])
         )
     if isinstance(reference, Reference):
-        fallback = _text_concept(reference.display)
+        fallback = text_concept(reference.display)
     elif reference:
         raise AttributeError("medicationReference is not an object")
     else:
@@ -836,84 +633,7 @@ def medication_concept(resource: Resource, medications: Mapping[str, Resource]) 
         for item in medication.ingredient or []  # type: ignore[union-attr]
         if isinstance(item, Ingredient)
     ]
-    return _merge([concept_of(medication.code), *ingredients, fallback])
-
-
-def daily_mg(dosages: object, concept: Concept) -> float | None:
-    """The total daily dose in mg of structured dosage instructions; None when any part is
-    missing or not exact (as-needed, a range, a rate, an unknown unit or timing)."""
-    if not isinstance(dosages, list) or not dosages or len(dosages) > _MAX_DOSAGES:
-        return None
-    total = 0.0
-    for dosage in dosages:
-        if not isinstance(dosage, dict) or dosage.get("asNeededBoolean") is True:
-            return None
-        rates = dosage.get("doseAndRate")
-        first = rates[0] if isinstance(rates, list) and len(rates) == 1 else None
-        quantity = first.get("doseQuantity") if isinstance(first, dict) else None
-        if not isinstance(quantity, dict):
-            return None
-        amount = _number(quantity.get("value"))
-        unit = quantity.get("code") or quantity.get("unit")
-        per_day = _times_per_day(dosage.get("timing"))
-        if amount is None or per_day is None or not isinstance(unit, str):
-            return None
-        mg = _dose_mg(amount, unit.strip(), concept)
-        if mg is None:
-            return None
-        total += mg * per_day
-    return total
-
-
-def _dose_mg(amount: float, unit: str, concept: Concept) -> float | None:
-    factor = _MASS_MG.get(unit.lower())
-    if factor is not None:
-        return amount * factor
-    if unit.lower() in _COUNT_UNITS:
-        strengths = set(_STRENGTH.findall(concept.text))
-        if len(strengths) == 1:
-            return amount * float(strengths.pop())
-    return None
-
-
-# HL7 v3 GTSAbbreviation timing codes (the FHIR timing-abbreviation ValueSet) → times a day.
-_TIMING_CODES = {"QD": 1.0, "AM": 1.0, "PM": 1.0, "BID": 2.0, "TID": 3.0, "QID": 4.0}
-
-
-def _times_per_day(timing: object) -> float | None:
-    if not isinstance(timing, dict):
-        return None
-    repeat = timing.get("repeat")
-    if not isinstance(repeat, dict):
-        codes = [c for c in _json_codes(timing.get("code")) if c in _TIMING_CODES]
-        return _TIMING_CODES[codes[0]] if len(codes) == 1 else None
-    frequency = repeat.get("frequency", 1)
-    period = repeat.get("period")
-    unit = repeat.get("periodUnit")
-    if period is None and "frequency" not in repeat:
-        # Daily events without a period ("at bedtime", "08:00 and 20:00"): once per event a day.
-        events = repeat.get("when") or repeat.get("timeOfDay")
-        return float(len(events)) if isinstance(events, list) and 0 < len(events) <= 6 else None
-    if repeat.get("frequencyMax") is not None or repeat.get("periodMax") is not None:
-        return None  # a range ("1-2 times a day") has no single daily dose
-    number, length = _number(frequency), _number(period)
-    if number is None or length is None or length <= 0 or unit not in _PER_DAY:
-        return None
-    return number * _PER_DAY[unit] / length
-
-
-def _bounds_end(dosages: object) -> date | None:
-    """The latest ``timing.repeat.boundsPeriod.end`` of a request's dosage instructions."""
-    ends: list[date] = []
-    if isinstance(dosages, list):
-        for dosage in dosages[:10]:
-            timing = dosage.get("timing") if isinstance(dosage, dict) else None
-            repeat = timing.get("repeat") if isinstance(timing, dict) else None
-            bounds = repeat.get("boundsPeriod") if isinstance(repeat, dict) else None
-            end = parse_date(bounds.get("end")) if isinstance(bounds, dict) else None
-            if end is not None:
-                ends.append(end)
-    return max(ends, default=None)
+    return merge_concepts([concept_of(medication.code), *ingredients, fallback])
 
 
 def _one_entry_per_night(record: PatientRecord) -> None:
@@ -930,27 +650,3 @@ def _one_entry_per_night(record: PatientRecord) -> None:
     record.findings = [
         f for f in record.findings if f.kind != "journal" or f.ref.split("#")[0] in keep
     ]
-
-
-def _answer_value(answer: dict[str, Any]) -> bool | float | str | None:
-    flag = answer.get("valueBoolean")
-    if flag is True or flag is False:
-        return flag
-    for key in ("valueInteger", "valueDecimal"):
-        raw = answer.get(key)
-        if raw is not None:
-            number = _number(raw)
-            if number is not None:
-                return number
-    quantity = answer.get("valueQuantity")
-    if isinstance(quantity, dict):
-        number = _number(quantity.get("value"))
-        if number is not None:
-            return number
-    coding = answer.get("valueCoding")
-    if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-        return str(coding["code"])
-    for key in ("valueDate", "valueDateTime", "valueTime", "valueString"):
-        if isinstance(answer.get(key), str):
-            return str(answer[key])
-    return None
