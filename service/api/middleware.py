@@ -65,25 +65,12 @@ class RequestGuard:
         status_holder: dict[str, Any] = {"status": 500, "started": False, "finished": None}
         limit = self.max_body_bytes
 
-        headers = dict(scope.get("headers") or [])
-        host = headers.get(b"host")
-        if not self.host_allowed(host.decode("latin-1") if host is not None else None):
-            # Local mode behind a foreign name: a DNS-rebinding page, not this machine's user.
-            await self._send_error(send, status_holder, 421, "Host not allowed", "forbidden")
+        refusal = self._refusal(dict(scope.get("headers") or []))
+        if refusal is not None:
+            await self._send_error(send, status_holder, *refusal)
             self._log(scope, status_holder, started)
             log_fields.reset(token)
             return
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                too_big = int(declared) > limit
-            except ValueError:
-                too_big = True
-            if too_big:
-                await self._send_413(send, status_holder)
-                self._log(scope, status_holder, started)
-                log_fields.reset(token)
-                return
 
         received = 0
         body_done = False
@@ -127,6 +114,22 @@ class RequestGuard:
             metrics.IN_FLIGHT.dec()
             self._log(scope, status_holder, started)
             log_fields.reset(token)
+
+    def _refusal(self, headers: dict[bytes, bytes]) -> tuple[int, str, str] | None:
+        """(status, message, issue code) when the headers alone refuse the request."""
+        host = headers.get(b"host")
+        if not self.host_allowed(host.decode("latin-1") if host is not None else None):
+            # Local mode behind a foreign name: a DNS-rebinding page, not this machine's user.
+            return 421, "Host not allowed", "forbidden"
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.max_body_bytes
+            except ValueError:
+                too_big = True
+            if too_big:
+                return 413, f"Request body exceeds {self.max_body_bytes} bytes", "too-costly"
+        return None
 
     async def _send_413(self, send: Send, holder: dict[str, Any]) -> None:
         message = f"Request body exceeds {self.max_body_bytes} bytes"
