@@ -68,10 +68,15 @@ def format_cards(response: dict[str, Any]) -> str:
     return "\n".join(out).rstrip()
 
 
+def write_responses_json(outcomes: Sequence[HookOutcome], out: TextIO) -> None:
+    """``--json``: each service's answer as received, by service id."""
+    data = {o.service_id: o.response for o in outcomes if o.response is not None}
+    out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
 def print_outcomes(outcomes: Sequence[HookOutcome], hook: str, as_json: bool, out: TextIO) -> None:
     if as_json:
-        data = {o.service_id: o.response for o in outcomes if o.response is not None}
-        out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        write_responses_json(outcomes, out)
         return
     for o in outcomes:
         if o.error:

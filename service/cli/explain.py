@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 import httpx
-import orjson
 
 from service.cli.call import HookOutcome, run_hook
+from service.cli.cards import write_responses_json
 from service.cli.hook import add_request_arguments, run_from_args
 from service.cli.request import DEFAULT_USER
 
@@ -138,8 +138,7 @@ def print_explained(
     trace: bool = True,
 ) -> None:
     if as_json:
-        data = {o.service_id: o.response for o in outcomes if o.response is not None}
-        out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        write_responses_json(outcomes, out)
         return
     for o in outcomes:
         if o.error:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.cli.errors import SandboxError
-from service.cli.processes import free_port, port_in_use, wait_http_ok
+from service.cli.processes import free_port, port_in_use, spawn_logged, wait_http_ok
 from service.config import REPO_ROOT
 
 LAUNCHER_DIR_NAME = "smart-launcher-v2"
@@ -176,16 +176,7 @@ def running_launcher(
     cmd = [str(ts_node), "--skipProject", "--transpile-only", "backend/index.ts"]
     with tempfile.NamedTemporaryFile(prefix="smart-launcher-", suffix=".log", delete=False) as log:
         log_path = Path(log.name)
-    with log_path.open("ab") as log_file:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=built,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = spawn_logged(cmd, cwd=built, env=env, log_path=log_path)
     base = f"http://127.0.0.1:{chosen}"
     try:
         wait_http_ok(f"{base}/v/r4/fhir/.well-known/smart-configuration", ready_timeout_s, proc)

@@ -7,6 +7,8 @@ import contextlib
 import socket
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import httpx
 
@@ -23,6 +25,23 @@ def free_port() -> int:
 def port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def spawn_logged(
+    cmd: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_path: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in its own session (a Ctrl-C to us is not its), output appended to
+    ``log_path``, no stdin."""
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:

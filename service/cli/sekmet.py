@@ -23,7 +23,7 @@ from pathlib import Path
 import orjson
 
 from service.cli.errors import SandboxError
-from service.cli.processes import free_port, stop_process, wait_http_ok
+from service.cli.processes import free_port, spawn_logged, stop_process, wait_http_ok
 from service.config import REPO_ROOT
 
 SEKMET_VERSION = "0.1.1"
@@ -137,16 +137,12 @@ def running_sekmet(
             log_path = workdir / "sekmet.log"
             env = {k: v for k, v in os.environ.items() if not k.startswith("SEKMET_")}
             host_port = ["--host", "127.0.0.1", "--port", str(chosen)]
-            with log_path.open("ab") as log_file:
-                proc = subprocess.Popen(
-                    [str(exe), "-c", _SEKMET_BOOT, "serve", "-c", str(config), *host_port],
-                    cwd=workdir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            proc = spawn_logged(
+                [str(exe), "-c", _SEKMET_BOOT, "serve", "-c", str(config), *host_port],
+                cwd=workdir,
+                env=env,
+                log_path=log_path,
+            )
             base_url = f"http://127.0.0.1:{chosen}/fhir"
             try:
                 wait_http_ok(f"{base_url}/metadata", ready_timeout_s, proc)
