@@ -1163,8 +1163,8 @@ class Bench:
                     for conc in concurrencies
                 }
             by_key = {c.key: c for c in cases}
-            if args.profile and "typical" in by_key:
-                case = by_key["typical"]
+            if args.profile and args.profile in by_key:
+                case = by_key[args.profile]
                 report["profile"] = self.profile(
                     service, case, self.workdir / f"bodies-{case.key}.txt"
                 )
@@ -1242,7 +1242,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="PostgreSQL URL (a fresh schema is created); default temp SQLite",
     )
     parser.add_argument("--no-fhir", action="store_true", help="skip the no-prefetch case")
-    parser.add_argument("--profile", action="store_true", help="py-spy the typical case")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="typical",
+        default=None,
+        metavar="CASE",
+        help="py-spy one case at concurrency 16 (default: typical)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
