@@ -86,16 +86,17 @@ _PREFETCH = dict[str, PrefetchValue]
 # the float range) and, inside skipped fields, text that is not UTF-8 and numbers past the float
 # range. A body with invalid UTF-8, or a number of 19+ digits or with an exponent of 3+ digits,
 # is read by orjson (text that looks alike, "a1e100 b", only takes the longer path). In the
-# shape of the body a digit is "0", "e"/"E" is "e", what may end a number is " ".
+# shape of the body a digit is "0", "e", "E" and "+" are "e" (so "e+123" holds "e000": one search
+# for both exponent forms), what may end a number is " ".
 _ENDS_NUMBER = b", \t\n\r]}"
 _KEPT = b"0123456789eE+" + _ENDS_NUMBER
 _NUMBER_SHAPE = bytes.maketrans(
     _KEPT + bytes(b for b in range(256) if b not in _KEPT),
-    b"0000000000ee+" + b" " * len(_ENDS_NUMBER) + b"a" * (256 - len(_KEPT)),
+    b"0000000000eee" + b" " * len(_ENDS_NUMBER) + b"a" * (256 - len(_KEPT)),
 )
 # Patterns that end a number only when a separator follows their digits (in an id or a word, a
 # letter or a quote follows: "5e123a", "adf1...3476513557398912740be34").
-_LONG_NUMBERS = (b"0" * 19, b"e000", b"e+000")
+_LONG_NUMBERS = (b"0" * 19, b"e000")
 _DIGIT, _END = ord("0"), ord(" ")
 
 
