@@ -469,20 +469,24 @@ class RecordReader:
         self, ranges: object, conversions: Mapping[str, float]
     ) -> tuple[float | None, float | None]:
         """(low, high) of the first reference range, in the canonical unit where convertible."""
-        bounds: list[float | None] = [None, None]
-        if isinstance(ranges, list) and ranges and isinstance(ranges[0], ReferenceRange):
-            first = ranges[0]
-            for side, bound in enumerate((first.low, first.high)):
-                if not isinstance(bound, Quantity):
-                    continue
-                number = value_of(bound.value)
-                unit = bound.code or bound.unit or ""
-                if not isinstance(unit, str):
-                    unit = ""
-                scale = conversions.get(self.unit_aliases.get(unit, unit))
-                if number is not None and scale is not None:
-                    bounds[side] = number * scale
-        return bounds[0], bounds[1]
+        if ranges.__class__ is not list or not ranges:
+            return None, None
+        first = ranges[0]
+        if first.__class__ is not ReferenceRange:
+            return None, None
+        return self._bound(first.low, conversions), self._bound(first.high, conversions)
+
+    def _bound(self, bound: object, conversions: Mapping[str, float]) -> float | None:
+        if bound.__class__ is not Quantity:
+            return None
+        number = value_of(bound.value)
+        if number is None:
+            return None
+        unit = bound.code or bound.unit or ""
+        if unit.__class__ is not str:
+            unit = ""
+        scale = conversions.get(self.unit_aliases.get(unit, unit))
+        return None if scale is None else number * scale
 
     # Medications -----------------------------------------------------------------------------
 
