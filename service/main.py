@@ -142,16 +142,20 @@ async def _serving(context: AppContext) -> AsyncIterator[None]:
         await context.db.dispose()
 
 
+def tune_collector() -> None:
+    """The served worker's garbage-collector settings (``bench/run.py``'s in-process timings use
+    them too). The knowledge base is long-lived, so it leaves the collector's view; young objects
+    are collected less often, since each call allocates tens of thousands of short-lived objects
+    (docs/performance.md: heavy p50 171 → ~75 ms together with the faster depth check)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def __getattr__(name: str) -> Any:
     # ``service.main:app`` is built on first access, so importing this module (tests, tools)
     # does not read the environment or the knowledge files.
     if name == "app":
         application = create_app()
-        # Served process only (not tests): the knowledge base is long-lived, so move it out of
-        # the collector's view, and collect young objects less often, since each call allocates
-        # tens of thousands of short-lived dicts (docs/performance.md: heavy p50 171 → ~75 ms
-        # together with the faster depth check).
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
+        tune_collector()  # served process only, not tests
         return application
     raise AttributeError(name)
