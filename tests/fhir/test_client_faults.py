@@ -260,3 +260,37 @@ def test_http_client_refuses_cookies_and_redirects() -> None:
         )
     )
     assert len(http.cookies.jar) == 0
+
+
+async def test_one_server_gets_at_most_its_share_and_never_blocks_another() -> None:
+    in_flight: dict[str, int] = {"slow": 0, "fast": 0}
+    most: dict[str, int] = {"slow": 0, "fast": 0}
+    release = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        server = request.url.host
+        in_flight[server] += 1
+        most[server] = max(most[server], in_flight[server])
+        if server == "slow":
+            await release.wait()  # a server that holds every request it gets
+        else:
+            await asyncio.sleep(0.01)
+        in_flight[server] -= 1
+        return httpx.Response(200, content=orjson.dumps({"resourceType": "Patient", "id": "1"}))
+
+    client = FhirClient(
+        httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+        page_cap=3,
+        max_response_bytes=CAP_BYTES,
+        per_server=4,
+    )
+    queries = {f"q{i}": "Patient/1" for i in range(10)}
+    slow = asyncio.create_task(client.search_many("http://slow/fhir", queries, None, 5.0))
+    await asyncio.sleep(0.05)
+    fast = await asyncio.wait_for(client.search_many("http://fast/fhir", queries, None, 5.0), 2)
+    assert all(r.ok for r in fast.values())
+    assert most == {"slow": 4, "fast": 4}
+    assert not slow.done()
+    release.set()
+    assert all(r.ok for r in (await slow).values())
+    assert most["slow"] == 4
