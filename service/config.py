@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     host); extra names here (DNS rebinding: a web page cannot read the service under its name)."""
     max_body_bytes: int = 5 * 1024 * 1024
     max_json_depth: int = 64
+    max_body_bytes_in_flight: int = Field(default=32 * 1024 * 1024, ge=1)
+    """Request-body bytes a worker reads and holds at once (each request reserves its
+    ``Content-Length``); the rest wait, first come first served, within the body-read deadline,
+    then get 503. Each byte of a prefetch becomes about 2.4 bytes of parsed record, so this bounds
+    a worker's memory under a burst of large bodies (docs/performance.md)."""
     max_concurrent_hooks: int = Field(default=16, ge=1)
     """Hook calls a worker parses and evaluates at once; the rest wait with their raw bodies read
     (at most ``max_body_bytes`` each), so many large prefetches arriving together cannot exhaust

@@ -100,6 +100,14 @@ class TooManyRequests(CDSError):
     issue_code = "throttled"
 
 
+class ServerBusy(CDSError):
+    """The worker holds as many request bodies as it may (``CDS_MAX_BODY_BYTES_IN_FLIGHT``) and
+    this one waited for room until its body-read deadline."""
+
+    status_code = 503
+    issue_code = "transient"
+
+
 class StorageUnavailable(CDSError):
     """The database could not durably store what the caller must not lose."""
 

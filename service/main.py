@@ -18,6 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from service import logging as service_logging
 from service.api import problems
 from service.api.analytics import router as analytics_router
+from service.api.body_budget import BodyBudget
 from service.api.console import router as console_router
 from service.api.context import AppContext
 from service.api.discovery import build_discovery
@@ -70,7 +71,7 @@ def create_app(
         metrics_router,
     ):
         app.include_router(module_router)
-    _add_middleware(app, settings)
+    _add_middleware(app, settings, context.body_budget)
     return app
 
 
@@ -91,11 +92,12 @@ def _context(settings: Settings, clock: Clock, fetcher: Fetcher | None) -> AppCo
         ),
         discovery=build_discovery(kb),
         hook_slots=HookSlots(settings.max_concurrent_hooks),
+        body_budget=BodyBudget(settings.max_body_bytes_in_flight),
         feedback=FeedbackMemory(limit=RateLimit(settings.feedback_rate_per_minute)),
     )
 
 
-def _add_middleware(app: FastAPI, settings: Settings) -> None:
+def _add_middleware(app: FastAPI, settings: Settings, body_budget: BodyBudget) -> None:
     """CORS inside, the request guard (size, time, host, security headers) outermost."""
     app.add_middleware(
         CORSMiddleware,
@@ -107,6 +109,7 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(
         RequestGuard,
         max_body_bytes=settings.max_body_bytes,
+        body_budget=body_budget,
         body_read_timeout_s=settings.body_read_timeout_s,
         hsts=settings.hsts,
         host_allowed=settings.host_allowed,

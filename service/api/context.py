@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from service.api.body_budget import BodyBudget
 from service.api.slots import HookSlots
 from service.clock import Clock
 from service.config import Settings
@@ -33,6 +34,8 @@ class AppContext:
     discovery: dict[str, Any]
     hook_slots: HookSlots
     """Replaced in the lifespan: a semaphore binds to the loop that first waits on it."""
+    body_budget: BodyBudget
+    """The request-body bytes held at once (``RequestGuard`` reserves and returns them)."""
     feedback: FeedbackMemory
     journal_servers: list[str] | None = None
     """The FHIR bases the journal app may use, read from the settings on first use."""

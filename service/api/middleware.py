@@ -11,8 +11,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
+from service.api.body_budget import BodyBudget
 from service.api.problems import operation_outcome
-from service.errors import RequestTimeout
+from service.errors import RequestTimeout, ServerBusy
 from service.logging import bind, log_fields
 
 log = logging.getLogger("service.request")
@@ -46,6 +47,7 @@ class RequestGuard:
         app: ASGIApp,
         *,
         max_body_bytes: int,
+        body_budget: BodyBudget | None = None,
         body_read_timeout_s: float = 5.0,
         hsts: bool = False,
         host_allowed: Callable[[str | None], bool] = lambda host: True,
@@ -54,6 +56,7 @@ class RequestGuard:
         self.host_allowed = host_allowed
         self.headers = [*SECURITY_HEADERS, HSTS] if hsts else SECURITY_HEADERS
         self.max_body_bytes = max_body_bytes
+        self.body_budget = body_budget
         self.body_read_timeout_s = body_read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -65,7 +68,8 @@ class RequestGuard:
         status_holder: dict[str, Any] = {"status": 500, "started": False, "finished": None}
         limit = self.max_body_bytes
 
-        refusal = self._refusal(dict(scope.get("headers") or []))
+        headers = dict(scope.get("headers") or [])
+        refusal = self._refusal(headers)
         if refusal is not None:
             await self._send_error(send, status_holder, *refusal)
             self._log(scope, status_holder, started)
@@ -75,11 +79,23 @@ class RequestGuard:
         received = 0
         body_done = False
         read_deadline = asyncio.get_running_loop().time() + self.body_read_timeout_s
+        budget = self.body_budget
+        reserved: int | None = None  # bytes of the budget this request holds, once it asked
 
         async def limited_receive() -> Message:
-            nonlocal received, body_done
+            nonlocal received, body_done, reserved
             if body_done:  # later receives wait for a disconnect: no deadline
                 return await receive()
+            if reserved is None and budget is not None:
+                wanted = budget.reservation(self._declared_size(headers))
+                try:
+                    async with asyncio.timeout_at(read_deadline):
+                        await budget.acquire(wanted)
+                except TimeoutError:
+                    raise ServerBusy(
+                        "Too many request bodies in flight; retry in a few seconds"
+                    ) from None
+                reserved = wanted
             try:
                 async with asyncio.timeout_at(read_deadline):
                     message = await receive()
@@ -111,9 +127,19 @@ class RequestGuard:
             if not status_holder["started"]:
                 await self._send_413(send, status_holder)
         finally:
+            if reserved is not None and budget is not None:
+                budget.release(reserved)
             metrics.IN_FLIGHT.dec()
             self._log(scope, status_holder, started)
             log_fields.reset(token)
+
+    def _declared_size(self, headers: dict[bytes, bytes]) -> int:
+        """The body size a request announces: its ``Content-Length`` (already checked against the
+        limit), the limit for a chunked body of unknown length, 0 for no body."""
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            return int(declared)
+        return self.max_body_bytes if b"transfer-encoding" in headers else 0
 
     def _refusal(self, headers: dict[bytes, bytes]) -> tuple[int, str, str] | None:
         """(status, message, issue code) when the headers alone refuse the request."""
