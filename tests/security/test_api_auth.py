@@ -132,3 +132,19 @@ def test_unregistered_fhir_server_is_refused_for_an_authenticated_caller(
     assert fetcher.base_urls == []
     assert response.status_code == 400
     assert "fhirServer" in response.text
+
+
+def test_an_unauthenticated_body_is_never_read_nor_reserved(
+    auth_client: TestClient, key: Any
+) -> None:
+    """The body budget is reserved when the route reads the body, after the JWT check: a client
+    without a valid token cannot hold the worker's budget (or memory) with large bodies."""
+    budget = auth_client.app.state.context.body_budget  # type: ignore[attr-defined]
+    path = f"/cds-services/{first_service_id(auth_client, key)}"
+    body = b'{"hook": "patient-view", "padding": "' + b"x" * 1_000_000 + b'"}'
+    refused = auth_client.post(path, content=body, headers=bearer("not-a-jwt"))
+    assert refused.status_code == 401
+    assert budget.peak == 0 and budget.in_use == 0
+    read = auth_client.post(path, content=body, headers=bearer(token(key, path)))
+    assert read.status_code == 400  # past authentication: the body was read, then refused
+    assert budget.peak == len(body) and budget.in_use == 0
