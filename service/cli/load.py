@@ -19,7 +19,7 @@ import httpx
 import orjson
 
 from service.cli.errors import CliError, SandboxError
-from service.cli.request import token_from_env
+from service.cli.request import read_fhir_file, token_from_env
 from service.demo import shift_dates
 
 
@@ -81,12 +81,7 @@ def load_bundles(
 
 
 def _read_resource(path: Path, shift_days: int) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise SandboxError(f"{path}: cannot read JSON ({exc.__class__.__name__})") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
-        raise SandboxError(f"{path}: not a FHIR resource (no resourceType)")
+    doc = read_fhir_file(path, SandboxError)
     if not shift_days:
         return doc
     shifted: dict[str, Any] = shift_dates(doc, shift_days)

@@ -37,6 +37,19 @@ _ORDER_TYPES = frozenset(
 )
 
 
+def read_fhir_file(path: Path, error: type[Exception]) -> dict[str, Any]:
+    """A FHIR resource (or Bundle) from a JSON file; ``error`` with a one-line reason when the
+    file cannot be read, is not JSON, or has no ``resourceType`` (the draft orders of ``hook``
+    and the files ``load`` sends to the FHIR server)."""
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise error(f"{path}: cannot read JSON ({exc.__class__.__name__})") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
+        raise error(f"{path}: not a FHIR resource (no resourceType)")
+    return doc
+
+
 def read_drafts(paths: Sequence[Path], patient_id: str) -> list[dict[str, Any]]:
     """Draft orders from files (a resource, or a Bundle whose entries are taken).
 
@@ -45,12 +58,7 @@ def read_drafts(paths: Sequence[Path], patient_id: str) -> list[dict[str, Any]]:
     """
     drafts: list[dict[str, Any]] = []
     for path in paths:
-        try:
-            doc = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise CliError(f"{path}: cannot read JSON ({exc.__class__.__name__})") from exc
-        if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
-            raise CliError(f"{path}: not a FHIR resource (no resourceType)")
+        doc = read_fhir_file(path, CliError)
         if doc["resourceType"] == "Bundle":
             found = [e.get("resource") for e in doc.get("entry", []) if isinstance(e, dict)]
         else:
