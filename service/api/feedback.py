@@ -267,12 +267,7 @@ async def receive(
     try:
         cards = await _issued(context, list(dict.fromkeys(e.card for e in entries)))
     except Exception as exc:
-        metrics.observe_feedback_failed(service_id, len(entries))
-        log.error(
-            "feedback not checked: database unavailable",
-            extra={"error_type": type(exc).__name__, "outcome": "503"},
-        )
-        raise StorageUnavailable("Feedback could not be checked; retry later") from None
+        raise _database_down(service_id, len(entries), "checked", exc) from None
     items, ignored = _records(context, service_id, own, entries, cards, received, reported)
     stored, duplicates = await _store(context, service_id, items, received)
     bind(items=len(entries), stored=stored, duplicates=duplicates, ignored=len(ignored))
@@ -363,9 +358,14 @@ async def _store(
     try:
         return await repository.store_feedback(context.db, items, received)
     except Exception as exc:
-        metrics.observe_feedback_failed(service_id, len(items))
-        log.error(
-            "feedback not stored: database unavailable",
-            extra={"error_type": type(exc).__name__, "outcome": "503"},
-        )
-        raise StorageUnavailable("Feedback could not be stored; retry later") from None
+        raise _database_down(service_id, len(items), "stored", exc) from None
+
+
+def _database_down(service_id: str, count: int, step: str, exc: Exception) -> StorageUnavailable:
+    """Count and log a feedback request the database failed at ``step``; the 503 to raise."""
+    metrics.observe_feedback_failed(service_id, count)
+    log.error(
+        f"feedback not {step}: database unavailable",
+        extra={"error_type": type(exc).__name__, "outcome": "503"},
+    )
+    return StorageUnavailable(f"Feedback could not be {step}; retry later")
