@@ -29,7 +29,10 @@ class BodyBudget:
         return max(0, min(declared, self.capacity))
 
     async def acquire(self, amount: int) -> None:
-        """Wait until ``amount`` bytes fit; a cancelled wait (a deadline) reserves nothing."""
+        """Wait until ``amount`` bytes fit; a cancelled wait (a deadline) reserves nothing. A
+        request without a body (0 bytes) holds nothing, so it never queues behind large ones."""
+        if amount <= 0:
+            return
         if not self._waiters and self.in_use + amount <= self.capacity:
             self._take(amount)
             return

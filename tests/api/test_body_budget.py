@@ -124,6 +124,17 @@ async def test_a_cancelled_wait_reserves_nothing_and_unblocks_the_next() -> None
     assert budget.in_use == 90 and budget.waiting == 0
 
 
+async def test_a_request_without_a_body_never_waits() -> None:
+    budget = BodyBudget(100)
+    await budget.acquire(100)
+    queued = asyncio.create_task(budget.acquire(50))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(budget.acquire(0), 0.1)  # not behind the queued 50 bytes
+    assert budget.in_use == 100 and budget.waiting == 1
+    budget.release(100)
+    await queued
+
+
 def test_one_body_larger_than_the_budget_still_runs_alone() -> None:
     budget = BodyBudget(100)
     assert budget.reservation(5_000) == 100
